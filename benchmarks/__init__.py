@@ -1,0 +1,1 @@
+"""Benchmarks: aioproc against its peers in one run (`python -m benchmarks.peers`)."""

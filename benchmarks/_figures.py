@@ -1,0 +1,474 @@
+"""The figures (table rows) and how each implementation is measured for them.
+
+`FIGURES` maps a figure name to a `Figure` whose `runners` map an implementation name to a
+coroutine function `runner(sizes) -> Measurement`. A figure without a runner for some
+implementation shows "n/a" there. To add a figure later (queue, lock, event), write one
+runner per implementation and register it::
+
+    FIGURES["lock"] = Figure(
+        "lock", "µs", "lower", "median uncontended acquire+release from async code",
+        runners={"aioproc": lock_aioproc, "mp_lock": lock_mp_via_executor},
+    )
+
+and add any new non-pool peer to `_impls.IMPLS` with `open_pool=None`.
+
+Each runner call happens in a fresh event loop (`asyncio.run`) under a timeout; a figure with
+`samples > 1` is called that many times and reports the median. With `fresh_process`, every
+sample runs in its own interpreter so that process-wide state left by one sample (a started
+forkserver, a resource tracker, warm imports) does not flatter the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import _tasks
+from ._impls import IMPLS, START_METHODS, Impl, PoolOps
+from ._proc import CpuSnapshot
+
+Better = Literal["lower", "higher"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes and limits for one run (full or `--quick`)."""
+
+    workers: int
+    quick: bool
+    timeout_s: float
+    latency_warmup: int
+    latency_samples: int
+    latency_budget_s: float
+    concurrent_tasks: int
+    map_items: int
+    startup_samples: int
+    idle_s: float
+    scaling_tasks: int
+    scaling_task_s: float
+    payload_bytes: int
+    payload_samples: int
+
+    @classmethod
+    def make(cls, *, workers: int, quick: bool, timeout_s: float | None = None) -> Sizes:
+        """The full sizes, or the `--quick` ones (whole run under a minute)."""
+        if quick:
+            return cls(
+                workers=workers,
+                quick=True,
+                timeout_s=timeout_s or 20.0,
+                latency_warmup=50,
+                latency_samples=300,
+                latency_budget_s=3.0,
+                concurrent_tasks=1_000,
+                map_items=20_000,
+                startup_samples=2,
+                idle_s=1.0,
+                scaling_tasks=4,
+                scaling_task_s=0.020,
+                payload_bytes=8 * 2**20,
+                payload_samples=3,
+            )
+        return cls(
+            workers=workers,
+            quick=False,
+            timeout_s=timeout_s or 120.0,
+            latency_warmup=200,
+            latency_samples=2_000,
+            latency_budget_s=30.0,
+            concurrent_tasks=5_000,
+            map_items=100_000,
+            startup_samples=5,
+            idle_s=10.0,
+            scaling_tasks=16,
+            scaling_task_s=0.020,
+            payload_bytes=64 * 2**20,
+            payload_samples=5,
+        )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One figure for one implementation: the value, plus whatever explains it."""
+
+    value: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Runner = Callable[[Sizes], Coroutine[Any, Any, Measurement]]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of the table.
+
+    Attributes:
+        name: Row name, also the `--only` value.
+        unit: Unit of the value.
+        better: Whether a lower or a higher value is better.
+        about: What is measured, one line.
+        runners: Implementation name → coroutine function measuring it.
+        samples: How many times to call the runner (median reported), given the sizes.
+        fresh_process: Run each sample in its own interpreter.
+    """
+
+    name: str
+    unit: str
+    better: Better
+    about: str
+    runners: dict[str, Runner]
+    samples: Callable[[Sizes], int] = lambda sizes: 1
+    fresh_process: bool = False
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _check(got: Any, expected: Any, what: str) -> None:
+    if got != expected:
+        raise AssertionError(f"{what}: expected {expected!r}, got {got!r}")
+
+
+async def _touch_workers(pool: PoolOps, sizes: Sizes) -> None:
+    """Make sure every worker is started and has run something (lazy pools start on demand)."""
+    for _ in range(2):
+        n = 2 * sizes.workers
+        got = await asyncio.gather(*(pool.apply(_tasks.double, x) for x in range(n)))
+        _check(list(got), [2 * x for x in range(n)], "warm-up")
+
+
+async def _sample_latency(apply_one: Callable[[int], Awaitable[int]], sizes: Sizes) -> Measurement:
+    """Sequential round trips of the tiny task: warm-up, then timed samples, median in µs."""
+    clock = time.perf_counter_ns
+    # Both phases stop early once over budget, so a slow peer still finishes in time.
+    warm_deadline = clock() + int(sizes.latency_budget_s * 0.25e9)
+    for x in range(sizes.latency_warmup):
+        _check(await apply_one(x), 2 * x, "warm-up")
+        if clock() > warm_deadline:
+            break
+    samples: list[int] = []
+    deadline = clock() + int(sizes.latency_budget_s * 1e9)
+    for x in range(sizes.latency_samples):
+        t0 = clock()
+        got = await apply_one(x)
+        t1 = clock()
+        _check(got, 2 * x, "result")
+        samples.append(t1 - t0)
+        if t1 > deadline and len(samples) >= 30:
+            break
+    samples.sort()
+    quantiles = statistics.quantiles(samples, n=10)
+    return Measurement(
+        statistics.median(samples) / 1e3,
+        {"samples": len(samples), "p10_us": quantiles[0] / 1e3, "p90_us": quantiles[-1] / 1e3},
+    )
+
+
+# -- pool figures -------------------------------------------------------------------------
+
+
+def _opener(impl: Impl) -> Callable[..., Any]:
+    assert impl.open_pool is not None
+    return impl.open_pool
+
+
+async def latency(impl: Impl, sizes: Sizes) -> Measurement:
+    """Median round trip of one awaited tiny task, sequential, after warm-up (µs)."""
+    async with _opener(impl)(sizes.workers, None) as pool:
+        return await _sample_latency(functools.partial(pool.apply, _tasks.double), sizes)
+
+
+async def concurrent(impl: Impl, sizes: Sizes) -> Measurement:
+    """Many `apply` calls gathered at once, the async-server pattern (tasks/s)."""
+    n = sizes.concurrent_tasks
+    async with _opener(impl)(sizes.workers, None) as pool:
+        await _touch_workers(pool, sizes)
+        t0 = time.perf_counter()
+        got = await asyncio.gather(*(pool.apply(_tasks.double, x) for x in range(n)))
+        seconds = time.perf_counter() - t0
+    _check(list(got), [2 * x for x in range(n)], "results")
+    return Measurement(n / seconds, {"tasks": n, "seconds": seconds})
+
+
+async def map_(impl: Impl, sizes: Sizes) -> Measurement:
+    """`map` over many tiny items with the implementation's default chunking (tasks/s)."""
+    items = list(range(sizes.map_items))
+    expected = [2 * x for x in items]
+    async with _opener(impl)(sizes.workers, None) as pool:
+        await _touch_workers(pool, sizes)
+        warm = items[:1_000]
+        _check(await pool.map(_tasks.double, warm), expected[:1_000], "warm-up")
+        t0 = time.perf_counter()
+        got = await pool.map(_tasks.double, items)
+        seconds = time.perf_counter() - t0
+    if list(got) != expected:  # not via _check: no 100,000-item message
+        raise AssertionError("map results differ from the expected ones")
+    return Measurement(len(items) / seconds, {"items": len(items), "seconds": seconds})
+
+
+async def startup(impl: Impl, start_method: str | None, sizes: Sizes) -> Measurement:
+    """Pool creation to first result (ms); teardown is not counted."""
+    t0 = time.perf_counter()
+    async with _opener(impl)(sizes.workers, start_method) as pool:
+        got = await pool.apply(_tasks.double, 21)
+        seconds = time.perf_counter() - t0
+    _check(got, 42, "result")
+    return Measurement(seconds * 1e3, {"start_method": start_method or impl.default_start})
+
+
+async def idle(impl: Impl, sizes: Sizes) -> Measurement:
+    """CPU burnt by an idle pool, this process plus every descendant (% of one core)."""
+    async with _opener(impl)(sizes.workers, None) as pool:
+        await _touch_workers(pool, sizes)
+        before = CpuSnapshot.take(own_first=False)
+        t0 = time.perf_counter()
+        await asyncio.sleep(sizes.idle_s)  # the idle window itself, not a poll
+        wall = time.perf_counter() - t0
+        after = CpuSnapshot.take(own_first=True)
+    own, others = after.since(before)
+    return Measurement(
+        100 * (own + others) / wall,
+        {
+            "parent_pct": 100 * own / wall,
+            "descendants_pct": 100 * others / wall,
+            "descendants": len(after.others),
+            "seconds": wall,
+        },
+    )
+
+
+def _calibrate_burn(target_s: float) -> int:
+    """The `burn` argument that takes about `target_s` here, in this process."""
+    probe = 50_000
+    best = min(_timed(_tasks.burn, probe) for _ in range(3))
+    return max(1_000, int(probe * target_s / best))
+
+
+def _timed(fn: Callable[[int], Any], arg: int) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
+async def scaling(impl: Impl, sizes: Sizes) -> Measurement:
+    """CPU-bound tasks on the pool vs the same tasks run one after another here (speed-up x)."""
+    n = _calibrate_burn(sizes.scaling_task_s)
+    k = sizes.scaling_tasks
+    expected = _tasks.burn(n)
+    # Sequential baseline first, before any pool exists to compete for the CPU.
+    t0 = time.perf_counter()
+    for _ in range(k):
+        _tasks.burn(n)
+    sequential = time.perf_counter() - t0
+    async with _opener(impl)(sizes.workers, None) as pool:
+        await _touch_workers(pool, sizes)
+        t0 = time.perf_counter()
+        got = await asyncio.gather(*(pool.apply(_tasks.burn, n) for _ in range(k)))
+        parallel = time.perf_counter() - t0
+    _check(list(got), [expected] * k, "results")
+    return Measurement(
+        sequential / parallel,
+        {
+            "tasks": k,
+            "task_ms": 1e3 * sequential / k,
+            "sequential_s": sequential,
+            "pool_s": parallel,
+        },
+    )
+
+
+async def payload(impl: Impl, sizes: Sizes) -> Measurement:
+    """A large `bytes` to a worker, its length back (GB/s, decimal)."""
+    size = sizes.payload_bytes
+    data = os.urandom(size)
+    async with _opener(impl)(sizes.workers, None) as pool:
+        await _touch_workers(pool, sizes)
+        _check(await pool.apply(_tasks.length, data), size, "warm-up")
+        times: list[float] = []
+        for _ in range(sizes.payload_samples):
+            t0 = time.perf_counter()
+            got = await pool.apply(_tasks.length, data)
+            times.append(time.perf_counter() - t0)
+            _check(got, size, "result")
+    median = statistics.median(times)
+    return Measurement(size / median / 1e9, {"bytes": size, "median_s": median})
+
+
+# -- the raw pipe floor --------------------------------------------------------------------
+
+_FRAME = struct.Struct("<q")
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start_echo_child(rfd: int, wfd: int) -> subprocess.Popen[bytes]:
+    code = (
+        f"import sys; sys.path.insert(0, {str(_ROOT)!r});"
+        f" from benchmarks._tasks import pipe_echo; pipe_echo({rfd}, {wfd})"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], pass_fds=(rfd, wfd))
+
+
+def _stop_echo_child(child: subprocess.Popen[bytes]) -> None:
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+async def latency_raw_pipe(sizes: Sizes) -> Measurement:
+    """The latency floor: blocking echo child, parent awaiting replies via `add_reader`."""
+    loop = asyncio.get_running_loop()
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    child = _start_echo_child(req_r, rep_w)
+    os.close(req_r)
+    os.close(rep_w)
+    os.set_blocking(rep_r, False)
+    waiter: asyncio.Future[int] | None = None
+
+    def on_reply() -> None:
+        data = os.read(rep_r, _FRAME.size)  # 8 bytes on a pipe arrive whole
+        if waiter is None or waiter.done():
+            return
+        if len(data) < _FRAME.size:
+            waiter.set_exception(EOFError("echo child went away"))
+        else:
+            waiter.set_result(_FRAME.unpack(data)[0])
+
+    def apply_one(x: int) -> asyncio.Future[int]:
+        nonlocal waiter
+        waiter = loop.create_future()
+        os.write(req_w, _FRAME.pack(x))
+        return waiter
+
+    loop.add_reader(rep_r, on_reply)
+    try:
+        return await _sample_latency(apply_one, sizes)
+    finally:
+        loop.remove_reader(rep_r)
+        os.close(req_w)  # EOF: the child returns
+        os.close(rep_r)
+        _stop_echo_child(child)
+
+
+# -- the table of figures ------------------------------------------------------------------
+
+
+def _for_pools(fn: Callable[..., Awaitable[Measurement]], *args: Any) -> dict[str, Runner]:
+    return {
+        impl.name: functools.partial(fn, impl, *args)
+        for impl in IMPLS.values()
+        if impl.open_pool is not None
+    }
+
+
+def _startup_runners(method: str) -> dict[str, Runner]:
+    runners: dict[str, Runner] = {}
+    for impl in IMPLS.values():
+        if impl.open_pool is None:
+            continue
+        if method in impl.start_methods:
+            runners[impl.name] = functools.partial(startup, impl, method)
+        elif impl.default_start == method:  # e.g. anyio: fresh interpreters, i.e. spawn
+            runners[impl.name] = functools.partial(startup, impl, None)
+    return runners
+
+
+def _startup_samples(sizes: Sizes) -> int:
+    return sizes.startup_samples
+
+
+FIGURES: dict[str, Figure] = {
+    figure.name: figure
+    for figure in (
+        Figure(
+            "latency",
+            "µs",
+            "lower",
+            "median round trip of one awaited tiny task, sequential, after warm-up",
+            runners={**_for_pools(latency), "raw_pipe": latency_raw_pipe},
+        ),
+        Figure(
+            "concurrent",
+            "tasks/s",
+            "higher",
+            "tiny `apply` calls gathered at once",
+            runners=_for_pools(concurrent),
+        ),
+        Figure(
+            "map",
+            "tasks/s",
+            "higher",
+            "`map` over tiny items, default chunking",
+            runners=_for_pools(map_),
+        ),
+        Figure(
+            "startup",
+            "ms",
+            "lower",
+            "pool creation to first result, default start method, fresh interpreter each",
+            runners=_for_pools(startup, None),
+            samples=_startup_samples,
+            fresh_process=True,
+        ),
+        *(
+            Figure(
+                f"startup.{method}",
+                "ms",
+                "lower",
+                f"pool creation to first result with start method {method!r}",
+                runners=_startup_runners(method),
+                samples=_startup_samples,
+                fresh_process=True,
+            )
+            for method in START_METHODS
+        ),
+        Figure(
+            "idle",
+            "% core",
+            "lower",
+            "CPU burnt by an idle pool (this process + all descendants)",
+            runners=_for_pools(idle),
+        ),
+        Figure(
+            "scaling",
+            "x",
+            "higher",
+            "CPU-bound tasks on the pool vs sequential in one process",
+            runners=_for_pools(scaling),
+        ),
+        Figure(
+            "payload",
+            "GB/s",
+            "higher",
+            "large `bytes` to a worker, its length back",
+            runners=_for_pools(payload),
+        ),
+    )
+}
+"""Every figure, in table order."""
+
+
+def select(names: list[str] | None) -> list[str]:
+    """Figure names matching `--only` (`startup` also selects `startup.*`), in table order.
+
+    Raises:
+        ValueError: A name matches no figure.
+    """
+    if not names:
+        return list(FIGURES)
+    unknown = [n for n in names if not any(f == n or f.startswith(n + ".") for f in FIGURES)]
+    if unknown:
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}")
+    return [f for f in FIGURES if any(f == n or f.startswith(n + ".") for n in names)]

@@ -1,0 +1,168 @@
+"""Process bookkeeping from /proc (Linux): descendants and their CPU time, no extra deps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3, `state`, comes first)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:  # gone meanwhile
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    return raw[raw.rfind(b")") + 2 :].decode().split()
+
+
+def descendants(root: int | None = None) -> list[int]:
+    """Pids of every live descendant of `root` (default: this process), at any depth.
+
+    A forkserver's workers are grandchildren of the process that asked for them, so a
+    children-only scan would miss them.
+    """
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is None:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process so far, or None if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    # utime and stime are fields 14 and 15 of the stat line, i.e. 11 and 12 after the name.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time burnt so far by this process and by each of its descendants.
+
+    Descendants' times come from /proc in clock ticks (usually 10 ms), so short windows
+    only resolve whole ticks; this process's own time is exact (`getrusage`).
+    """
+
+    own: float
+    others: dict[int, float]
+
+    @classmethod
+    def take(cls, *, own_first: bool) -> CpuSnapshot:
+        """Read the counters now.
+
+        Args:
+            own_first: Read this process's time before scanning /proc (for the snapshot that
+                closes a window) or after (for the one that opens it), so the scan's own CPU
+                cost stays outside the window.
+        """
+        if own_first:
+            own = _own_cpu()
+        others = {pid: t for pid in descendants() if (t := cpu_seconds(pid)) is not None}
+        if not own_first:
+            own = _own_cpu()
+        return cls(own=own, others=others)
+
+    def since(self, earlier: CpuSnapshot) -> tuple[float, float]:
+        """CPU seconds burnt between `earlier` and this snapshot: (this process, descendants).
+
+        A descendant born in between counts from zero; one that died in between is lost.
+        """
+        others = sum(t - earlier.others.get(pid, 0.0) for pid, t in self.others.items())
+        return self.own - earlier.own, others
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux `PR_SET_CHILD_SUBREAPER`), so none can escape.
+
+    Returns:
+        Whether it worked; elsewhere, orphans of a benchmark child cannot be tracked.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # 36: PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether `pid` has exited and only waits to be reaped (or is gone)."""
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] == "Z"
+
+
+def live_descendants() -> list[int]:
+    """Descendants that are still running (not zombies)."""
+    return [pid for pid in descendants() if not is_zombie(pid)]
+
+
+def settle(grace_s: float) -> list[int]:
+    """Give exiting descendants up to `grace_s` to go; return those still running.
+
+    Orphans are reaped on the way (they are ours once we are a subreaper).
+    """
+    stop = time.monotonic() + grace_s
+    while True:
+        _reap_adopted()
+        alive = live_descendants()
+        if not alive or time.monotonic() >= stop:
+            return alive
+        time.sleep(0.02)  # cleanup only, between benchmark children
+
+
+def kill_descendants(deadline_s: float = 5.0) -> list[int]:
+    """SIGKILL every live descendant of this process, by pid, and reap what we adopted.
+
+    Returns:
+        The pids that were still running (zombies waiting to be reaped do not count).
+    """
+    killed: list[int] = []
+    stop = time.monotonic() + deadline_s
+    while time.monotonic() < stop:
+        alive = live_descendants()
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.extend(pid for pid in alive if pid not in killed)
+        _reap_adopted()
+        if not alive:
+            break
+        time.sleep(0.02)  # cleanup only: give the kernel a moment to deliver the signals
+    return killed
+
+
+def _reap_adopted() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

@@ -1,0 +1,106 @@
+"""The fork server: a small process that forks ready-to-run workers on request.
+
+It is started once per parent process, imports aioproc's worker (and what it needs) so that
+every fork begins warm, then serves requests on an anonymous socketpair::
+
+    request:  b"F" + SCM_RIGHTS [task_r, result_w, status_w]
+    reply:    8-byte pid (or minus errno when fork failed)
+    later:    4-byte signed exit code written to status_w when that child has been reaped
+
+When the parent goes away (EOF on the socket) it kills every worker it forked, process group
+and all, and exits: nothing outlives the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import sys
+from typing import NoReturn
+
+
+def main() -> NoReturn:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    # Warm the forks: everything a worker imports is imported once, here, along with the
+    # package itself and cloudpickle (functions from __main__ arrive by value).
+    import cloudpickle  # noqa: F401
+
+    import aioproc  # noqa: F401
+
+    from . import _worker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: dict[int, int] = {}  # pid -> status_w
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status_w = children.pop(pid, None)
+            if status_w is not None:
+                code = os.waitstatus_to_exitcode(status)
+                with contextlib.suppress(OSError):
+                    os.write(status_w, code.to_bytes(4, "little", signed=True))
+                os.close(status_w)
+
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is sock:
+                try:
+                    msg, fds, _, _ = socket.recv_fds(sock, 16, 3)
+                except OSError:
+                    msg, fds = b"", []
+                if not msg:
+                    for pid in children:
+                        with contextlib.suppress(OSError):
+                            os.killpg(pid, signal.SIGKILL)
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
+                    os._exit(0)
+                if len(fds) != 3:
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                task_r, result_w, status_w = fds
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    sock.sendall((-exc.errno).to_bytes(8, "little", signed=True))
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                if pid == 0:
+                    try:
+                        selector.close()
+                        sock.close()
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        for fd in (wake_r, wake_w, status_w, *children.values()):
+                            os.close(fd)
+                        _worker.run(task_r, result_w)
+                    finally:
+                        os._exit(1)
+                os.close(task_r)
+                os.close(result_w)
+                children[pid] = status_w
+                sock.sendall(pid.to_bytes(8, "little", signed=True))
+            else:
+                with contextlib.suppress(OSError):
+                    while os.read(wake_r, 4096):
+                        pass
+                reap()

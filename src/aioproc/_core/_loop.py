@@ -1,0 +1,322 @@
+"""The one place that knows which event loop is running.
+
+The dispatcher needs five things from a loop: call me when this fd is readable (or
+writable), call me soon, call me later, a future to park a waiting task on, and a task that
+runs on its own. :class:`Backend` is that contract. asyncio (and uvloop, which is asyncio)
+provides it natively with ``add_reader``; trio gets a small adapter built on
+``trio.lowlevel.wait_readable`` system tasks. Either way the pipes are waited on by the
+loop's own epoll: no helper thread, no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import sys
+import weakref
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Protocol
+
+__all__ = ("Backend", "Future", "Handle", "current_backend")
+
+
+class Handle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Future(Protocol):
+    """The subset of ``asyncio.Future`` the dispatcher uses; awaitable under its own loop."""
+
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def set_result(self, value: Any) -> None: ...
+    def set_exception(self, exc: BaseException) -> None: ...
+    def cancel(self) -> bool: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def remove_reader(self, fd: int) -> None: ...
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def remove_writer(self, fd: int) -> None: ...
+    def call_soon(self, callback: Callable[[], None]) -> None: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle: ...
+    def create_future(self) -> Future: ...
+    def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle: ...
+    def time(self) -> float: ...
+    def is_running(self) -> bool: ...
+
+
+# --- asyncio ------------------------------------------------------------------------------
+
+
+class AsyncioBackend:
+    name = "asyncio"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.add_reader = loop.add_reader
+        self.remove_reader = loop.remove_reader
+        self.add_writer = loop.add_writer
+        self.remove_writer = loop.remove_writer
+        self.call_soon = loop.call_soon
+        self.call_later = loop.call_later
+        self.create_future = loop.create_future
+        self.time = loop.time
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle:
+        task = self.loop.create_task(coro_fn())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def is_running(self) -> bool:
+        return not self.loop.is_closed() and self.loop.is_running()
+
+
+# --- trio ---------------------------------------------------------------------------------
+
+_PENDING, _FINISHED, _CANCELLED = 0, 1, 2
+
+
+class TrioFuture:
+    """A one-shot result slot that trio tasks can await (many at once)."""
+
+    __slots__ = ("_event", "_state", "_value")
+
+    def __init__(self) -> None:
+        self._state = _PENDING
+        self._value: Any = None
+        self._event: Any = None
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def _finish(self, state: int, value: Any) -> None:
+        if self._state != _PENDING:
+            raise asyncio.InvalidStateError("the future is already done")
+        self._state = state
+        self._value = value
+        if self._event is not None:
+            self._event.set()
+
+    def set_result(self, value: Any) -> None:
+        self._finish(_FINISHED, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._finish(_FINISHED, _Raise(exc))
+
+    def cancel(self) -> bool:
+        if self._state != _PENDING:
+            return False
+        self._finish(_CANCELLED, None)
+        return True
+
+    def result(self) -> Any:
+        if self._state == _CANCELLED:
+            raise asyncio.CancelledError
+        if self._state == _PENDING:
+            raise asyncio.InvalidStateError("the result is not set yet")
+        value = self._value
+        if isinstance(value, _Raise):
+            raise value.exc
+        return value
+
+    async def _wait(self) -> Any:
+        if self._state == _PENDING:
+            if self._event is None:
+                import trio
+
+                self._event = trio.Event()
+            await self._event.wait()
+        return self.result()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait().__await__()
+
+
+class _Raise:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _TrioHandle:
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: Any) -> None:
+        self._scope = scope
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+
+class _TimerHandle:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class TrioBackend:
+    name = "trio"
+
+    def __init__(self) -> None:
+        import trio
+
+        self._trio = trio
+        self._token = trio.lowlevel.current_trio_token()
+        self.call_soon = self._token.run_sync_soon
+        self._readers: dict[int, Any] = {}
+        self._writers: dict[int, Any] = {}
+        self._timers: list[tuple[float, int, _TimerHandle]] = []
+        self._seq = itertools.count()
+        self._timer_wake: Any = None
+        self._timer_deadline = math.inf
+        self._timer_task = False
+
+    def time(self) -> float:
+        return float(self._trio.current_time())
+
+    def create_future(self) -> TrioFuture:
+        return TrioFuture()
+
+    def is_running(self) -> bool:
+        try:
+            return self._trio.lowlevel.current_trio_token() is self._token
+        except RuntimeError:
+            return False
+
+    def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle:
+        scope = self._trio.CancelScope()
+
+        async def runner() -> None:
+            with scope:
+                await coro_fn()
+
+        self._trio.lowlevel.spawn_system_task(runner)
+        return _TrioHandle(scope)
+
+    def _watch(self, fd: int, callback: Callable[[], None], writable: bool) -> Any:
+        trio = self._trio
+        wait = trio.lowlevel.wait_writable if writable else trio.lowlevel.wait_readable
+        scope = trio.CancelScope()
+
+        async def watcher() -> None:
+            with scope:
+                while True:
+                    try:
+                        await wait(fd)
+                    except (trio.ClosedResourceError, OSError):
+                        return
+                    _guard(callback)
+
+        trio.lowlevel.spawn_system_task(watcher)
+        return scope
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.remove_reader(fd)
+        self._readers[fd] = self._watch(fd, callback, writable=False)
+
+    def remove_reader(self, fd: int) -> None:
+        scope = self._readers.pop(fd, None)
+        if scope is not None:
+            scope.cancel()
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        self.remove_writer(fd)
+        self._writers[fd] = self._watch(fd, callback, writable=True)
+
+    def remove_writer(self, fd: int) -> None:
+        scope = self._writers.pop(fd, None)
+        if scope is not None:
+            scope.cancel()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle:
+        handle = _TimerHandle(callback)
+        deadline = self.time() + max(delay, 0.0)
+        heapq.heappush(self._timers, (deadline, next(self._seq), handle))
+        if not self._timer_task:
+            self._timer_task = True
+            self._trio.lowlevel.spawn_system_task(self._run_timers)
+        elif deadline < self._timer_deadline and self._timer_wake is not None:
+            self._timer_wake.set()
+        return handle
+
+    async def _run_timers(self) -> None:
+        trio = self._trio
+        timers = self._timers
+        while True:
+            now = self.time()
+            while timers and timers[0][0] <= now:
+                _, _, handle = heapq.heappop(timers)
+                if not handle.cancelled:
+                    _guard(handle.callback)
+            self._timer_deadline = timers[0][0] if timers else math.inf
+            self._timer_wake = trio.Event()
+            with trio.move_on_at(self._timer_deadline):
+                await self._timer_wake.wait()
+
+
+def _guard(callback: Callable[[], None]) -> None:
+    # An exception escaping a trio system task would crash the whole run; the dispatcher's
+    # callbacks do not raise, and if one ever does, it is logged like asyncio would.
+    try:
+        callback()
+    except Exception:
+        logging.getLogger("aioproc").exception("exception in callback %r", callback)
+
+
+_asyncio_backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncioBackend] = (
+    weakref.WeakKeyDictionary()
+)
+_trio_runvar: Any = None
+
+
+def current_backend() -> Backend:
+    """The backend of the event loop running in this thread.
+
+    Raises:
+        RuntimeError: no asyncio or trio event loop is running.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+        else:
+            global _trio_runvar
+            if _trio_runvar is None:
+                _trio_runvar = trio.lowlevel.RunVar("aioproc_backend")
+            try:
+                return _trio_runvar.get()  # type: ignore[no-any-return]
+            except LookupError:
+                backend = TrioBackend()
+                _trio_runvar.set(backend)
+                return backend
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "aioproc needs a running event loop (asyncio, uvloop or trio)"
+        ) from None
+    backend_ = _asyncio_backends.get(loop)
+    if backend_ is None:
+        backend_ = _asyncio_backends[loop] = AsyncioBackend(loop)
+    return backend_

@@ -1,0 +1,251 @@
+"""Framing and envelopes for every channel aioproc reads.
+
+A frame is a 4-byte little-endian length followed by that many bytes of a msgpack-encoded
+envelope. Envelopes are small array-like msgspec Structs, one per message kind, told apart
+by an integer tag, so a frame costs a few bytes of overhead and one C call each way. The
+Encoder and Decoder are built once at import.
+
+Frames longer than ``MAX_FRAME`` are refused on both sides: a hostile or corrupt length
+prefix can never make a reader allocate without bound.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .._exceptions import SerializationError
+
+__all__ = (
+    "MAX_FRAME",
+    "Ack",
+    "Call",
+    "Cancel",
+    "Config",
+    "Define",
+    "Done",
+    "Drop",
+    "End",
+    "Failed",
+    "FrameReader",
+    "InitFailed",
+    "Item",
+    "Log",
+    "MODE_CALL",
+    "MODE_MAP",
+    "MODE_STARMAP",
+    "MODE_STREAM",
+    "Message",
+    "Output",
+    "Ready",
+    "Stop",
+    "encode",
+    "encode_into",
+)
+
+#: Largest envelope accepted on a pipe. Bigger payloads are refused with SerializationError
+#: rather than risking a reader's memory on a corrupt prefix.
+MAX_FRAME = 1 << 30
+
+_HEADER = 4
+
+
+class _Msg(msgspec.Struct, array_like=True, gc=False, frozen=True, tag_field="k"):
+    pass
+
+
+# --- parent -> worker ---------------------------------------------------------------------
+
+
+class Define(_Msg, tag=1):
+    """Teach a worker function ``fn`` (pickled) under a small integer id."""
+
+    fn: int
+    blob: bytes
+
+
+class Call(_Msg, tag=2):
+    """Run a task. ``mode``: see the MODE_* constants."""
+
+    id: int
+    fn: int
+    args: bytes
+    mode: int = 0
+
+
+class Cancel(_Msg, tag=3):
+    """Cancel a running coroutine task (async workers) or stream."""
+
+    id: int
+
+
+class Ack(_Msg, tag=4):
+    """The parent consumed ``n`` more items of stream ``id``: credit for the generator."""
+
+    id: int
+    n: int
+
+
+class Drop(_Msg, tag=5):
+    """Forget function ``fn``."""
+
+    fn: int
+
+
+class Stop(_Msg, tag=6):
+    """Finish what is running, then exit."""
+
+
+class Config(_Msg, tag=7):
+    """The first frame a worker reads: how to set itself up."""
+
+    sys_path: list[str]
+    cwd: str
+    init: bytes = b""  # pickled (initializer, initargs), or empty
+    max_tasks: int = 0  # 0: no limit
+    concurrency: int = 1
+    log_level: int = 30
+
+
+# --- worker -> parent ---------------------------------------------------------------------
+
+
+class Ready(_Msg, tag=16):
+    """The worker started and ran its initializer."""
+
+    pid: int
+
+
+class Done(_Msg, tag=17):
+    """Task ``id`` returned ``value`` (pickled)."""
+
+    id: int
+    value: bytes
+
+
+class Failed(_Msg, tag=18):
+    """Task ``id`` raised; ``error`` is a pickled (exception, traceback text) pair."""
+
+    id: int
+    error: bytes
+
+
+class Item(_Msg, tag=19):
+    """Stream ``id`` yielded ``value`` (pickled)."""
+
+    id: int
+    value: bytes
+
+
+class End(_Msg, tag=20):
+    """Stream ``id`` is exhausted."""
+
+    id: int
+
+
+class Output(_Msg, tag=21):
+    """Bytes the worker wrote to ``sys.stdout`` (fd 1) or ``sys.stderr`` (fd 2)."""
+
+    fd: int
+    data: bytes
+
+
+class Log(_Msg, tag=22):
+    """A logging record, as a pickled dict for ``logging.makeLogRecord``."""
+
+    record: bytes
+
+
+class InitFailed(_Msg, tag=23):
+    """The initializer raised; ``error`` as in Failed."""
+
+    error: bytes
+
+
+Message = (
+    Define | Call | Cancel | Ack | Drop | Stop | Config | Ready | Done | Failed | Item | End | Output | Log
+    | InitFailed
+)
+
+MODE_CALL = 0  # fn(*args, **kwargs) -> value
+MODE_MAP = 1  # [fn(x) for x in items] -> list
+MODE_STARMAP = 2  # [fn(*a) for a in items] -> list
+MODE_STREAM = 3  # fn(*args, **kwargs) is a (async) generator -> Item... End
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)  # type: ignore[arg-type]
+
+
+def encode_into(msg: Message, buf: bytearray) -> None:
+    """Append ``msg`` as one frame to ``buf``.
+
+    Raises:
+        SerializationError: the envelope is larger than ``MAX_FRAME``.
+    """
+    start = len(buf)
+    buf += b"\0\0\0\0"
+    _encoder.encode_into(msg, buf, start + _HEADER)
+    size = len(buf) - start - _HEADER
+    if size > MAX_FRAME:
+        del buf[start:]
+        raise SerializationError(
+            f"message of {size} bytes exceeds the frame limit of {MAX_FRAME} bytes"
+        )
+    buf[start : start + _HEADER] = size.to_bytes(_HEADER, "little")
+
+
+def encode(msg: Message) -> bytes:
+    """Return ``msg`` as one frame."""
+    buf = bytearray()
+    encode_into(msg, buf)
+    return bytes(buf)
+
+
+class FrameReader:
+    """Splits a byte stream into decoded envelopes.
+
+    Feed it whatever ``read()`` returned; it keeps a partial frame for the next feed. A length
+    over ``max_frame`` or an envelope that does not decode raises ``SerializationError``; the
+    stream is then unusable (framing is lost) and the caller must drop the channel.
+    """
+
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Return the envelopes completed by ``data``, in order."""
+        buf = self._buf
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data
+        out: list[Message] = []
+        pos = 0
+        end = len(view)
+        decode = _decoder.decode
+        while end - pos >= _HEADER:
+            size = int.from_bytes(view[pos : pos + _HEADER], "little")
+            if size > self._max:
+                raise SerializationError(
+                    f"frame length {size} exceeds the limit of {self._max} bytes"
+                )
+            stop = pos + _HEADER + size
+            if stop > end:
+                break
+            try:
+                out.append(decode(memoryview(view)[pos + _HEADER : stop]))
+            except msgspec.DecodeError as exc:
+                raise SerializationError(f"malformed frame: {exc}") from exc
+            pos = stop
+        if buf:
+            del buf[:pos]
+        elif pos < end:
+            buf += view[pos:]
+        return out
+
+    def pending(self) -> int:
+        """Bytes held back as an incomplete frame."""
+        return len(self._buf)

@@ -1,0 +1,467 @@
+"""The worker process: a lean loop that runs tasks sent by the parent's dispatcher.
+
+Data flow::
+
+    parent (dispatcher)                               worker (this module)
+    ───────────────────                               ────────────────────
+    task pipe   ── Config, Define, Call, Cancel, ──▶  read ─▶ decode ─▶ run fn ─┐
+                   Ack, Drop, Stop                                             │
+    result pipe ◀── Ready, Done, Failed, Item, End, ◀── encode ◀───────────────┘
+                    Output, Log, InitFailed                ▲
+                                                           └── print(), sys.stderr, logging
+
+The first frame on the task pipe is always a ``Config``. Results that are ready at the same
+time leave in one ``write``: the loop flushes only when it has run everything it has read.
+
+Invariants:
+- The worker never outlives its parent. A watcher thread polls the task pipe for POLLHUP,
+  which only happens when every writer is gone; the parent keeps its end open until the
+  worker has been reaped, so a hang-up means the parent died, and the watcher kills the
+  worker's whole process group (the worker leads one), grandchildren included.
+- Everything the worker writes to the result pipe is a whole frame: ``sys.stdout``,
+  ``sys.stderr`` and logging records are wrapped into frames, under one lock shared with the
+  result path, so user output can never corrupt the channel.
+- SIGINT is ignored: Ctrl-C belongs to the parent, which cancels or closes the pool.
+
+Tunables:
+- ``_READ_SIZE``: bytes asked per ``read``; large enough that a burst of small tasks is one
+  syscall, small enough that the buffer stays below malloc's mmap threshold.
+- ``STREAM_WINDOW``: items a generator may run ahead of the parent's consumer. Larger windows
+  hide pipe latency; smaller ones bound the parent's memory for a slow consumer.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+from inspect import isasyncgen, iscoroutine, isgenerator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .._exceptions import SerializationError
+from . import _codec, _wire
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
+
+_READ_SIZE = 1 << 16
+STREAM_WINDOW = 64
+
+# Exit status the parent reads as "the initializer failed", so it does not respawn forever.
+EXIT_INIT_FAILED = 3
+
+
+class _Channel:
+    """The result pipe: whole frames only, from any thread."""
+
+    __slots__ = ("_buf", "_fd", "_lock")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def put(self, msg: _wire.Message) -> None:
+        with self._lock:
+            _wire.encode_into(msg, self._buf)
+
+    def flush(self) -> None:
+        with self._lock:
+            buf = self._buf
+            while buf:
+                n = os.write(self._fd, buf)
+                del buf[:n]
+
+    def send(self, msg: _wire.Message) -> None:
+        with self._lock:
+            buf = self._buf
+            _wire.encode_into(msg, buf)
+            while buf:
+                n = os.write(self._fd, buf)
+                del buf[:n]
+
+
+class _ForwardRaw(io.RawIOBase):
+    """What the worker's ``sys.stdout``/``sys.stderr`` write ends up in: Output frames."""
+
+    def __init__(self, channel: _Channel, fd: int) -> None:
+        super().__init__()
+        self._channel = channel
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        if data:
+            self._channel.send(_wire.Output(self._fd, data))
+        return len(data)
+
+    def fileno(self) -> int:
+        # Code that asks for the fd (faulthandler, subprocess) gets the real one.
+        return self._fd
+
+
+def _forward_stream(channel: _Channel, fd: int, like: Any) -> io.TextIOWrapper:
+    encoding = getattr(like, "encoding", None) or "utf-8"
+    raw = _ForwardRaw(channel, fd)
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw, 1 << 16),
+        encoding=encoding,
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+
+
+class _LogForward(logging.Handler):
+    """Sends each record to the parent, which hands it to the logger of the same name."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            attrs = dict(record.__dict__)
+            attrs["msg"] = record.getMessage()
+            attrs["args"] = None
+            if record.exc_info:
+                attrs["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            attrs["exc_info"] = None
+            try:
+                blob = _codec._pickle_dumps(attrs, 5)
+            except Exception:
+                blob = _codec._pickle_dumps(
+                    {k: v if isinstance(v, int | float | str | None) else repr(v)
+                     for k, v in attrs.items()},
+                    5,
+                )
+            self._channel.send(_wire.Log(blob))
+        except Exception:
+            self.handleError(record)
+
+
+def _watch_parent(task_fd: int) -> None:
+    """Kill this worker's process group when the parent goes away."""
+    poller = select.poll()
+    poller.register(task_fd, 0)  # no events asked: wakes only for POLLHUP / POLLERR
+    while True:
+        try:
+            if poller.poll():
+                break
+        except InterruptedError:  # pragma: no cover - poll retries on EINTR since 3.5
+            continue
+    try:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(1)
+
+
+class Worker:
+    """State of one worker process; ``serve()`` never returns."""
+
+    def __init__(self, task_fd: int, result_fd: int) -> None:
+        self.task_fd = task_fd
+        self.channel = _Channel(result_fd)
+        self.reader = _wire.FrameReader()
+        self.inbox: collections.deque[_wire.Message] = collections.deque()
+        self.functions: dict[int, Callable[..., Any]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.max_tasks = 0
+        self.done = 0
+        self.concurrency = 1
+        self.stopping = False
+        self.eof = False
+        self.cancelled: set[int] = set()
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def configure(self, config: _wire.Config) -> None:
+        if config.cwd:
+            try:
+                os.chdir(config.cwd)
+            except OSError:
+                pass
+        sys.path[:] = config.sys_path
+        self.max_tasks = config.max_tasks
+        self.concurrency = config.concurrency
+        sys.stdout = _forward_stream(self.channel, 1, sys.__stdout__)
+        sys.stderr = _forward_stream(self.channel, 2, sys.__stderr__)
+        root = logging.getLogger()
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        root.addHandler(_LogForward(self.channel))
+        root.setLevel(config.log_level)
+        if config.init:
+            try:
+                initializer, initargs = _codec.loads(config.init)
+                result = initializer(*initargs)
+                if iscoroutine(result):
+                    self.run_coroutine(result)
+            except BaseException as exc:
+                self.flush_output()
+                self.channel.send(_wire.InitFailed(_codec.dumps_error(exc)))
+                os._exit(EXIT_INIT_FAILED)
+        self.flush_output()
+        self.channel.send(_wire.Ready(os.getpid()))
+
+    # --- reading --------------------------------------------------------------------------
+
+    def read(self) -> bool:
+        """Block until frames arrive; queue them in the inbox. False at end of input."""
+        while True:
+            try:
+                data = os.read(self.task_fd, _READ_SIZE)
+            except BlockingIOError:
+                select.select([self.task_fd], [], [])
+                continue
+            if not data:
+                self.eof = True
+                return False
+            msgs = self.reader.feed(data)
+            if msgs:
+                for msg in msgs:
+                    if isinstance(msg, _wire.Cancel):
+                        # Seen before the Call runs: the call is skipped.
+                        self.cancelled.add(msg.id)
+                    else:
+                        self.inbox.append(msg)
+                return True
+
+    # --- running --------------------------------------------------------------------------
+
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            try:
+                import uvloop
+
+                self.loop = uvloop.new_event_loop()
+            except ImportError:
+                import asyncio
+
+                self.loop = asyncio.new_event_loop()
+        return self.loop
+
+    def run_coroutine(self, coro: Any) -> Any:
+        return self.event_loop().run_until_complete(coro)
+
+    def flush_output(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+    def call(self, msg: _wire.Call) -> _wire.Message | None:
+        """Run one Call; return the frame that answers it (None for streams, which reply
+        as they go)."""
+        try:
+            fn = self.functions[msg.fn]
+            mode = msg.mode
+            try:
+                payload = _codec.loads(msg.args)
+            except BaseException as exc:
+                raise SerializationError(
+                    f"cannot rebuild the arguments in the worker: {exc!r}"
+                ) from exc
+            if mode == _wire.MODE_CALL:
+                args, kwargs = payload
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
+                if iscoroutine(result):
+                    result = self.run_coroutine(result)
+            elif mode == _wire.MODE_MAP:
+                result = [fn(x) for x in payload]
+                if result and iscoroutine(result[0]):
+                    result = [self.run_coroutine(c) for c in result]
+            elif mode == _wire.MODE_STARMAP:
+                result = [fn(*a) for a in payload]
+                if result and iscoroutine(result[0]):
+                    result = [self.run_coroutine(c) for c in result]
+            else:
+                args, kwargs = payload
+                self.stream(msg.id, fn(*args, **(kwargs or {})))
+                return None
+        except BaseException as exc:
+            self.flush_output()
+            return _wire.Failed(msg.id, _codec.dumps_error(exc))
+        self.flush_output()
+        try:
+            return _wire.Done(msg.id, _codec.dumps(result))
+        except BaseException as exc:
+            err = SerializationError(
+                f"cannot send the result of type {_codec.type_name(result)!r} back: {exc}"
+            )
+            return _wire.Failed(msg.id, _codec.dumps_error(err))
+
+    def stream(self, task_id: int, gen: Any) -> None:
+        """Send each item of a (async) generator as it is yielded, within the credit window."""
+        if isasyncgen(gen):
+            loop = self.event_loop()
+            agen = gen
+
+            def next_item() -> Any:
+                return loop.run_until_complete(agen.__anext__())
+
+            stop: type[BaseException] = StopAsyncIteration
+        elif isgenerator(gen) or hasattr(gen, "__next__"):
+            next_item = gen.__next__
+            stop = StopIteration
+        else:
+            raise TypeError(
+                f"stream() needs a generator function; got a {_codec.type_name(gen)!r}"
+            )
+        credit = STREAM_WINDOW
+        channel = self.channel
+        while True:
+            try:
+                item = next_item()
+            except stop:
+                break
+            self.flush_output()
+            channel.send(_wire.Item(task_id, _codec.dumps(item)))
+            credit -= 1
+            while credit <= 0:
+                credit += self.wait_credit(task_id)
+        self.flush_output()
+        channel.send(_wire.End(task_id))
+
+    def wait_credit(self, task_id: int) -> int:
+        """Block for an Ack of stream ``task_id``; park other frames for later."""
+        while True:
+            for index, msg in enumerate(self.inbox):
+                if isinstance(msg, _wire.Ack) and msg.id == task_id:
+                    del self.inbox[index]
+                    return msg.n
+            if not self.read():
+                os._exit(0)
+
+    def handle(self, msg: _wire.Message) -> _wire.Message | None:
+        if isinstance(msg, _wire.Call):
+            if self.cancelled and msg.id in self.cancelled:
+                self.cancelled.discard(msg.id)
+                return None
+            reply = self.call(msg)
+            self.done += 1
+            return reply
+        if isinstance(msg, _wire.Define):
+            try:
+                self.functions[msg.fn] = _codec.loads(msg.blob)
+            except BaseException as exc:
+                self.functions[msg.fn] = _Unloadable(exc)
+            return None
+        if isinstance(msg, _wire.Drop):
+            self.functions.pop(msg.fn, None)
+            return None
+        if isinstance(msg, _wire.Stop):
+            self.stopping = True
+        # Ack for a finished stream, Cancel outside async mode: nothing to do.
+        return None
+
+    def serve(self) -> NoReturn:
+        inbox = self.inbox
+        channel = self.channel
+        while not self.stopping:
+            if not inbox and not self.read():
+                break
+            while inbox:
+                reply = self.handle(inbox.popleft())
+                if reply is not None:
+                    try:
+                        channel.put(reply)
+                    except SerializationError as exc:
+                        assert isinstance(reply, _wire.Done)
+                        channel.put(_wire.Failed(reply.id, _codec.dumps_error(exc)))
+                if self.max_tasks and self.done >= self.max_tasks:
+                    self.stopping = True
+                    break
+                if self.stopping:
+                    break
+            # One write for every reply produced by what one read brought in.
+            channel.flush()
+        self.exit(0)
+
+    def exit(self, code: int) -> NoReturn:
+        self.flush_output()
+        try:
+            self.channel.flush()
+        except OSError:
+            pass
+        # Take whatever the tasks started with us.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+        except OSError:
+            pass
+        os._exit(code)
+
+
+class _Unloadable:
+    """Stands in for a function that failed to unpickle: calling it raises why."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __call__(self, *args: object, **kwargs: object) -> NoReturn:
+        raise SerializationError(
+            f"cannot rebuild the function in the worker: {self.exc!r}"
+        ) from self.exc
+
+
+def run(task_fd: int, result_fd: int) -> NoReturn:
+    """Become a worker on these two pipe ends; never returns."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:  # pragma: no cover - not the main thread
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    except OSError:
+        pass
+    os.set_blocking(task_fd, True)
+    os.set_blocking(result_fd, True)
+    worker = Worker(task_fd, result_fd)
+    threading.Thread(target=_watch_parent, args=(task_fd,), daemon=True).start()
+    try:
+        while not worker.inbox:
+            if not worker.read():
+                os._exit(0)
+        config = worker.inbox.popleft()
+        if not isinstance(config, _wire.Config):
+            raise SerializationError(f"expected Config first, got {type(config).__name__}")
+        worker.configure(config)
+        if worker.concurrency > 1:
+            from ._aworker import serve_async
+
+            serve_async(worker)
+        worker.serve()
+    except SystemExit as exc:  # pragma: no cover - defensive
+        worker.exit(exc.code if isinstance(exc.code, int) else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc(file=sys.__stderr__)
+        os._exit(1)
+
+
+def main() -> NoReturn:
+    """Entry point of ``python -m aioproc._core._worker TASK_FD RESULT_FD`` (spawn)."""
+    run(int(sys.argv[1]), int(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,853 @@
+"""ProcessPool: the public face of the engine in ``_core``."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import os
+import sys
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+import anyio
+
+from ._core import _codec, _loop, _spawn, _wire
+from ._core._dispatch import CANCELLED, DONE, Dispatcher, Job, PoolConfig
+from ._exceptions import PoolClosedError, SerializationError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Coroutine, Generator
+    from types import TracebackType
+
+    from ._core._loop import Backend, Future, Handle
+
+__all__ = ("PoolStatistics", "ProcessPool", "Task", "run")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """A snapshot of a pool.
+
+    Attributes:
+        workers: live worker processes.
+        busy: workers that hold at least one task.
+        queued: tasks waiting for a worker.
+        completed: tasks (or map chunks) that returned a value.
+        failed: tasks that raised, timed out or lost their worker.
+        restarts: workers started to replace one that died, was killed or was recycled.
+        pids: process ids of the live workers.
+    """
+
+    workers: int
+    busy: int
+    queued: int
+    completed: int
+    failed: int
+    restarts: int
+    pids: tuple[int, ...] = ()
+
+
+class Task(Generic[T_co]):
+    """A task submitted with :meth:`ProcessPool.submit`: await it for the result.
+
+    Awaiting a task that is then cancelled (a timeout scope, ``asyncio`` task cancellation)
+    cancels the task, as awaiting an ``asyncio.Task`` does.
+    """
+
+    __slots__ = ("__weakref__", "_callbacks", "_dispatcher", "_job")
+
+    def __init__(self, dispatcher: Dispatcher, job: Job) -> None:
+        self._dispatcher = dispatcher
+        self._job = job
+        self._callbacks: list[Callable[[Task[T_co]], object]] | None = None
+
+    def __await__(self) -> Generator[Any, None, T_co]:
+        return self._dispatcher.wait(self._job).__await__()  # type: ignore[no-any-return]
+
+    def cancel(self) -> bool:
+        """Cancel the task: a queued one never starts, a running one is stopped.
+
+        Returns:
+            False if the task had already finished.
+        """
+        if self._job.finished():
+            return False
+        self._dispatcher.cancel(self._job)
+        return True
+
+    def done(self) -> bool:
+        """True once the task has a result, an exception, or was cancelled."""
+        return self._job.finished()
+
+    def cancelled(self) -> bool:
+        return self._job.state == CANCELLED
+
+    def result(self) -> T_co:
+        """The task's return value (or raise its exception) once it is done.
+
+        Raises:
+            asyncio.InvalidStateError: the task is not done yet.
+            asyncio.CancelledError: the task was cancelled.
+        """
+        if not self._job.finished():
+            raise asyncio.InvalidStateError("the task is not done yet")
+        return self._job.outcome()  # type: ignore[no-any-return]
+
+    def exception(self) -> BaseException | None:
+        """The task's exception, or None if it returned a value."""
+        if not self._job.finished():
+            raise asyncio.InvalidStateError("the task is not done yet")
+        if self._job.state == CANCELLED:
+            raise asyncio.CancelledError
+        return self._job.error
+
+    def add_done_callback(self, callback: Callable[[Task[T_co]], object]) -> None:
+        """Call ``callback(task)`` from the event loop once the task is done."""
+        backend = self._dispatcher.backend
+        if self._job.finished():
+            backend.call_soon(lambda: callback(self))
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+            callbacks = self._callbacks
+
+            def notify(_: Job) -> None:
+                for cb in callbacks:
+                    backend.call_soon(lambda cb=cb: cb(self))
+
+            self._job.notify = notify
+        self._callbacks.append(callback)
+
+    def __repr__(self) -> str:
+        state = ("queued", "running", "done", "failed", "cancelled")[self._job.state]
+        return f"<aioproc.Task id={self._job.id} {state}>"
+
+
+def _default_workers() -> int:
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        count = counter()
+    else:
+        try:
+            count = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            count = os.cpu_count()
+    return max(1, count or 1)
+
+
+class ProcessPool:
+    """A pool of worker processes driven from the event loop.
+
+    Args:
+        max_workers: number of worker processes; default: the CPUs this process may use.
+        initializer: called as ``initializer(*initargs)`` in each worker when it starts;
+            may be ``async def``.
+        initargs: arguments for ``initializer``.
+        max_tasks_per_child: replace a worker after it ran this many tasks.
+        concurrency: coroutine tasks a worker runs at once (``async def`` functions).
+        task_timeout: default limit, in seconds, on a task's run time; a task past it
+            raises ``TimeoutError`` and its worker is replaced.
+        retries: times a task whose worker died is re-run on a fresh worker.
+        start_method: ``"forkserver"`` (default on Linux), ``"spawn"`` or ``"fork"``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        max_tasks_per_child: int | None = None,
+        concurrency: int = 1,
+        task_timeout: float | None = None,
+        retries: int = 0,
+        start_method: str | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = _default_workers()
+        _check_int("max_workers", max_workers, minimum=1)
+        if max_tasks_per_child is not None:
+            _check_int("max_tasks_per_child", max_tasks_per_child, minimum=1)
+        _check_int("concurrency", concurrency, minimum=1)
+        _check_int("retries", retries, minimum=0)
+        if task_timeout is not None and (
+            isinstance(task_timeout, bool)
+            or not isinstance(task_timeout, int | float)
+            or not task_timeout > 0
+            or math.isinf(task_timeout)
+        ):
+            raise ValueError(f"task_timeout must be a positive number of seconds or None; got {task_timeout!r}")
+        if start_method is None:
+            start_method = _spawn.default_start_method()
+        if start_method not in _spawn.START_METHODS:
+            raise ValueError(
+                f"start_method must be one of {', '.join(map(repr, _spawn.START_METHODS))}; "
+                f"got {start_method!r}"
+            )
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable; got {initializer!r}")
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._settings = dict(
+            max_workers=max_workers,
+            concurrency=concurrency,
+            max_tasks_per_child=max_tasks_per_child,
+            task_timeout=task_timeout,
+            retries=retries,
+            start_method=start_method,
+        )
+        self._dispatcher: Dispatcher | None = None
+        self._closed = False
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    @property
+    def max_workers(self) -> int:
+        return int(self._settings["max_workers"])  # type: ignore[call-overload]
+
+    def _engine(self) -> Dispatcher:
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            return dispatcher
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        backend = _loop.current_backend()
+        init = b""
+        if self._initializer is not None:
+            init = _codec.dumps((self._initializer, self._initargs))
+        config = PoolConfig(initializer=init, **self._settings)  # type: ignore[arg-type]
+        dispatcher = Dispatcher(backend, config)
+        self._dispatcher = dispatcher
+        try:
+            dispatcher.start()
+        except BaseException:
+            dispatcher.terminate_sync()
+            raise
+        return dispatcher
+
+    async def __aenter__(self) -> ProcessPool:
+        self._engine()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose(cancel=exc_type is not None)
+
+    async def aclose(self, *, cancel: bool = False) -> None:
+        """Close the pool: wait for submitted work (or cancel it), then stop every worker.
+
+        Args:
+            cancel: cancel queued and running tasks instead of waiting for them.
+        """
+        self._closed = True
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        try:
+            await dispatcher.aclose(cancel=cancel)
+        except BaseException:
+            # Cancelled while waiting for the work: cancel it, and still leave nothing.
+            with anyio.CancelScope(shield=True):
+                await dispatcher.aclose(cancel=True)
+            raise
+        finally:
+            if dispatcher.workers:
+                dispatcher.terminate_sync()
+
+    def __del__(self) -> None:
+        dispatcher = self.__dict__.get("_dispatcher")
+        if dispatcher is not None and not dispatcher.closed:
+            dispatcher.terminate_sync()
+
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the pool's workers and task counts."""
+        d = self._dispatcher
+        if d is None:
+            return PoolStatistics(0, 0, 0, 0, 0, 0)
+        pids = tuple(d.pids())
+        return PoolStatistics(
+            workers=len(pids),
+            busy=d.busy(),
+            queued=d.queued(),
+            completed=d.completed,
+            failed=d.failed,
+            restarts=d.restarts,
+            pids=pids,
+        )
+
+    # --- single tasks -----------------------------------------------------------------------
+
+    def _job(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Dispatcher, Job]:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable; got {fn!r}")
+        d = self._engine()
+        fn_id = d.function_id(fn)
+        try:
+            payload = _codec.dumps((args, kwargs or None))
+        except SerializationError:
+            raise _argument_error(args, kwargs) from None
+        return d, Job(fn_id, payload)
+
+    async def apply(
+        self, fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` in a worker and return its result.
+
+        ``fn`` may be a plain or an ``async def`` function. Cancelling the caller cancels
+        the task (a running one has its worker killed and replaced).
+
+        Raises:
+            SerializationError: an argument (named in the message) cannot be pickled.
+            WorkerDiedError: the worker died while running the task.
+            TimeoutError: the task ran past ``task_timeout``.
+            PoolClosedError: the pool is closed.
+        """
+        d, job = self._job(fn, args, kwargs)
+        d.submit(job)
+        return await d.wait(job)  # type: ignore[no-any-return]
+
+    def submit(
+        self, fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Task[T]:
+        """Schedule ``fn(*args, **kwargs)``; return a :class:`Task` to await or cancel."""
+        d, job = self._job(fn, args, kwargs)
+        d.submit(job)
+        return Task(d, job)
+
+    # --- many tasks -------------------------------------------------------------------------
+
+    async def map(
+        self,
+        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        chunksize: int | None = None,
+    ) -> list[T]:
+        """Apply ``fn`` to every item; return the results in input order.
+
+        The first task to fail cancels the rest and its exception is raised.
+        """
+        return await self._map(fn, iterable, chunksize, _wire.MODE_MAP)
+
+    async def starmap(
+        self,
+        fn: Callable[..., Awaitable[T]] | Callable[..., T],
+        iterable: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]],
+        *,
+        chunksize: int | None = None,
+    ) -> list[T]:
+        """Like :meth:`map`, calling ``fn(*args)`` for each tuple of arguments."""
+        return await self._map(fn, iterable, chunksize, _wire.MODE_STARMAP)
+
+    async def _map(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        chunksize: int | None,
+        mode: int,
+    ) -> list[Any]:
+        if chunksize is not None:
+            _check_int("chunksize", chunksize, minimum=1)
+        d = self._engine()
+        fn_id = d.function_id(fn)
+        if isinstance(iterable, AsyncIterable):
+            items = [item async for item in iterable]
+        else:
+            items = list(iterable)
+        if mode == _wire.MODE_STARMAP:
+            items = [tuple(args) for args in items]
+        if not items:
+            return []
+        if chunksize is None:
+            chunksize = _default_chunksize(len(items), d.config.max_workers * d.config.concurrency)
+        jobs = [
+            _chunk_job(d, fn_id, items[start : start + chunksize], start, mode)
+            for start in range(0, len(items), chunksize)
+        ]
+        await _run_all(d, jobs)
+        results: list[Any] = []
+        for job in jobs:
+            results.extend(job.value)
+        return results
+
+    def imap(
+        self,
+        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[T]:
+        """Iterate over ``fn(item)`` for each item, in input order, as results arrive.
+
+        The input is consumed lazily with a bounded window of work in flight, so an
+        infinite or async input works. Leaving the loop early cancels what is left.
+        """
+        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=True)
+
+    def imap_unordered(
+        self,
+        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[T]:
+        """Like :meth:`imap`, yielding results in completion order."""
+        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=False)
+
+    def stream(
+        self, gen_fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamIterator[Any]:
+        """Run a generator (or async generator) function in a worker; iterate its items.
+
+        Items arrive as the worker yields them; the worker runs at most a window of items
+        ahead of the consumer. Leaving the loop early stops the generator's worker.
+        """
+        d, job = self._job(gen_fn, args, kwargs)
+        job.mode = _wire.MODE_STREAM
+        return StreamIterator(d, job)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < minimum:
+        relation = "greater than 0" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {relation}; got {value}")
+
+
+def _argument_error(args: tuple[Any, ...], kwargs: dict[str, Any]) -> SerializationError:
+    named = [(f"argument {i}", v) for i, v in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for what, value in named:
+        try:
+            _codec.dumps(value)
+        except SerializationError as exc:
+            cause = exc.__cause__
+            return SerializationError(
+                f"cannot send {what} of type {_codec.type_name(value)!r} to a worker: {cause}"
+            )
+    return SerializationError("cannot send the arguments to a worker")
+
+
+def _default_chunksize(n: int, slots: int) -> int:
+    # As multiprocessing.Pool.map: about four chunks per worker, so that the load evens out
+    # while each chunk is big enough for the per-message cost to vanish.
+    size, extra = divmod(n, slots * 4)
+    return max(1, size + bool(extra))
+
+
+def _chunk_job(d: Dispatcher, fn_id: int, chunk: list[Any], start: int, mode: int) -> Job:
+    try:
+        payload = _codec.dumps(chunk)
+    except SerializationError:
+        for offset, item in enumerate(chunk):
+            try:
+                _codec.dumps(item)
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"cannot send input item {start + offset} of type "
+                    f"{_codec.type_name(item)!r} to a worker: {exc.__cause__}"
+                ) from None
+        raise
+    timeout = d.config.task_timeout
+    if timeout is not None:
+        timeout *= len(chunk)
+    return Job(fn_id, payload, mode, timeout)
+
+
+async def _run_all(d: Dispatcher, jobs: list[Job]) -> None:
+    """Submit ``jobs``, wait for all of them; on the first failure cancel the rest, raise."""
+    waiter = d.backend.create_future()
+    remaining = len(jobs)
+
+    def notify(job: Job) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if (job.state != DONE or not remaining) and not waiter.done():
+            waiter.set_result(job)
+
+    for job in jobs:
+        job.notify = notify
+    try:
+        for job in jobs:
+            d.submit(job)
+        first = await waiter
+    except BaseException:
+        for job in jobs:
+            d.cancel(job)
+        raise
+    if first.state != DONE:
+        for job in jobs:
+            d.cancel(job)
+        first.outcome()
+
+
+_MAX_CHUNK = 4096
+
+
+class MapIterator(Generic[T]):
+    """The async iterator returned by ``imap`` and ``imap_unordered``.
+
+    Also an async context manager; ``aclose()`` (or leaving the loop and dropping the
+    iterator) cancels the work still in flight.
+    """
+
+    def __init__(
+        self,
+        d: Dispatcher,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        chunksize: int | None,
+        *,
+        ordered: bool,
+    ) -> None:
+        if chunksize is not None:
+            _check_int("chunksize", chunksize, minimum=1)
+        self._d = d
+        self._fn_id = d.function_id(fn)
+        self._ordered = ordered
+        self._sync: Iterable[Any] | None = None
+        self._async: AsyncIterator[Any] | None = None
+        if isinstance(iterable, AsyncIterable):
+            self._async = iterable.__aiter__()
+            self._size = chunksize or 1
+            self._adaptive = False
+        else:
+            self._sync = iter(iterable)
+            if chunksize is None and hasattr(iterable, "__len__"):
+                n = len(iterable)  # type: ignore[arg-type]
+                chunksize = _default_chunksize(n, d.config.max_workers * d.config.concurrency)
+            self._size = chunksize or 1
+            self._adaptive = chunksize is None
+        slots = d.config.max_workers * d.config.concurrency
+        self._window = max(2, 2 * slots)
+        self._inflight: dict[int, Job] = {}
+        self._submitted_at: dict[int, float] = {}
+        self._finished: collections.deque[int] = collections.deque()
+        self._next_seq = 0
+        self._yield_seq = 0
+        self._start = 0
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._exhausted = False
+        self._source_error: BaseException | None = None
+        self._waiter: Future | None = None
+        self._feeder: Handle | None = None
+        self._closed = False
+
+    def __aiter__(self) -> MapIterator[T]:
+        return self
+
+    async def __aenter__(self) -> MapIterator[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _wake(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_done(self, job: Job) -> None:
+        self._finished.append(job.id)
+        self._wake()
+
+    def _submit(self, chunk: list[Any]) -> None:
+        mode = _wire.MODE_MAP
+        job = _chunk_job(self._d, self._fn_id, chunk, self._start, mode)
+        self._start += len(chunk)
+        job.notify = self._on_done
+        self._d.submit(job)
+        self._inflight[job.id] = job
+        self._submitted_at[job.id] = self._d.backend.time()
+        if self._ordered:
+            self._order[job.id] = self._next_seq
+        self._next_seq += 1
+
+    @property
+    def _order(self) -> dict[int, int]:
+        order = self.__dict__.get("_order_map")
+        if order is None:
+            order = self.__dict__["_order_map"] = {}
+        return order  # type: ignore[no-any-return]
+
+    def _fill(self) -> None:
+        """Top up the window from a sync source."""
+        source = self._sync
+        if source is None or self._exhausted:
+            return
+        while len(self._inflight) < self._window:
+            chunk: list[Any] = []
+            try:
+                for _ in range(self._size):
+                    chunk.append(next(source))  # type: ignore[call-overload]
+            except StopIteration:
+                self._exhausted = True
+            except BaseException as exc:
+                self._exhausted = True
+                self._source_error = exc
+            if chunk:
+                self._submit(chunk)
+            if self._exhausted:
+                return
+
+    async def _feed(self) -> None:
+        """Feeder task for an async source: keeps the window full as items arrive."""
+        source = self._async
+        assert source is not None
+        try:
+            while not self._closed:
+                while len(self._inflight) >= self._window:
+                    room = self._d.backend.create_future()
+                    self._room = room
+                    await room
+                chunk: list[Any] = []
+                try:
+                    while len(chunk) < self._size:
+                        chunk.append(await source.__anext__())
+                except StopAsyncIteration:
+                    self._exhausted = True
+                if chunk and not self._closed:
+                    self._submit(chunk)
+                if self._exhausted:
+                    break
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError) and not _is_cancel(exc):
+                self._source_error = exc
+            self._exhausted = True
+            if not isinstance(exc, Exception):
+                self._wake()
+                raise
+        self._wake()
+
+    def _adapt(self, job_id: int) -> None:
+        if not self._adaptive:
+            return
+        elapsed = self._d.backend.time() - self._submitted_at.pop(job_id, 0.0)
+        if elapsed < 0.002:
+            self._size = min(self._size * 2, _MAX_CHUNK)
+        elif elapsed > 0.05 and self._size > 1:
+            self._size //= 2
+
+    def _take(self) -> Job | None:
+        finished = self._finished
+        if self._ordered:
+            for job_id in finished:
+                if self._order[job_id] == self._yield_seq:
+                    finished.remove(job_id)
+                    self._yield_seq += 1
+                    return self._inflight.pop(job_id)
+            return None
+        if finished:
+            return self._inflight.pop(finished.popleft())
+        return None
+
+    async def __anext__(self) -> T:
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()  # type: ignore[no-any-return]
+            if self._closed:
+                raise StopAsyncIteration
+            job = self._take()
+            if job is not None:
+                self._order.pop(job.id, None)
+                self._submitted_at.pop(job.id, None) if not self._adaptive else self._adapt(job.id)
+                room = self.__dict__.get("_room")
+                if room is not None and not room.done():
+                    room.set_result(None)
+                if job.state != DONE:
+                    await self.aclose()
+                    job.outcome()
+                self._buffer.extend(job.value)
+                continue
+            if self._async is not None and self._feeder is None and not self._exhausted:
+                self._feeder = self._d.backend.start_task(self._feed)
+            self._fill()
+            if not self._inflight and self._exhausted:
+                error = self._source_error
+                await self.aclose()
+                if error is not None:
+                    raise error
+                raise StopAsyncIteration
+            if self._source_error is not None and not self._inflight:
+                continue
+            waiter = self._waiter = self._d.backend.create_future()
+            try:
+                await waiter
+            except BaseException:
+                await _shielded_close(self)
+                raise
+
+    def _cancel_inflight(self) -> None:
+        self._closed = True
+        if self._feeder is not None:
+            self._feeder.cancel()
+            self._feeder = None
+        for job in list(self._inflight.values()):
+            self._d.cancel(job)
+        self._inflight.clear()
+
+    async def aclose(self) -> None:
+        """Cancel what is still in flight; the iterator then ends."""
+        self._cancel_inflight()
+        self._buffer.clear()
+
+    def __del__(self) -> None:
+        if not self.__dict__.get("_closed", True) and self.__dict__.get("_inflight"):
+            # Dropped mid-iteration (a `break`): cancel from the loop, not from the GC.
+            with contextlib.suppress(Exception):
+                self._d.backend.call_soon(self._cancel_inflight)
+
+
+async def _shielded_close(it: MapIterator[Any] | StreamIterator[Any]) -> None:
+    it._cancel_inflight()
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
+
+
+_ACK_EVERY = 32  # half of the worker's STREAM_WINDOW
+
+
+class StreamIterator(Generic[T]):
+    """The async iterator returned by ``stream``."""
+
+    def __init__(self, d: Dispatcher, job: Job) -> None:
+        self._d = d
+        self._job = job
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: Future | None = None
+        self._consumed = 0
+        self._closed = False
+        job.on_item = self._on_item
+        job.notify = self._on_item
+        d.submit(job)
+
+    def __aiter__(self) -> StreamIterator[T]:
+        return self
+
+    async def __aenter__(self) -> StreamIterator[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _on_item(self, item: Any) -> None:
+        if not isinstance(item, Job):
+            self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def __anext__(self) -> T:
+        job = self._job
+        while True:
+            if self._items:
+                self._consumed += 1
+                if self._consumed % _ACK_EVERY == 0 and not job.finished():
+                    worker = job.worker
+                    if worker is not None:
+                        self._d.send_control(worker, _wire.Ack(job.id, _ACK_EVERY))
+                return self._items.popleft()  # type: ignore[no-any-return]
+            if job.finished() or self._closed:
+                self._closed = True
+                if job.state == DONE or job.state == CANCELLED:
+                    raise StopAsyncIteration
+                job.outcome()
+            waiter = self._waiter = self._d.backend.create_future()
+            try:
+                await waiter
+            except BaseException:
+                self._cancel_inflight()
+                raise
+
+    def _cancel_inflight(self) -> None:
+        self._closed = True
+        self._d.cancel(self._job)
+
+    async def aclose(self) -> None:
+        """Stop the generator (its worker is replaced) if it is still running."""
+        self._cancel_inflight()
+        self._items.clear()
+
+    def __del__(self) -> None:
+        job = self.__dict__.get("_job")
+        if job is not None and not job.finished():
+            with contextlib.suppress(Exception):
+                self._d.backend.call_soon(self._cancel_inflight)
+
+
+# --- the default pool ---------------------------------------------------------------------
+
+_default_pools: weakref.WeakKeyDictionary[Any, ProcessPool] = weakref.WeakKeyDictionary()
+_trio_default: Any = None
+
+
+def _default_pool() -> ProcessPool:
+    backend = _loop.current_backend()
+    if backend.name == "trio":
+        global _trio_default
+        import trio
+
+        if _trio_default is None:
+            _trio_default = trio.lowlevel.RunVar("aioproc_default_pool")
+        try:
+            return _trio_default.get()  # type: ignore[no-any-return]
+        except LookupError:
+            pool = ProcessPool()
+            _trio_default.set(pool)
+            _keep_until_loop_ends(backend, pool)
+            return pool
+    loop = asyncio.get_running_loop()
+    pool_ = _default_pools.get(loop)
+    if pool_ is None or pool_._closed:
+        pool_ = _default_pools[loop] = ProcessPool()
+        _keep_until_loop_ends(backend, pool_)
+    return pool_
+
+
+def _keep_until_loop_ends(backend: Backend, pool: ProcessPool) -> None:
+    # A task that sleeps until the loop shuts down and then closes the pool: asyncio.run()
+    # and trio.run() both cancel what is left when the main task returns.
+    async def keeper() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            dispatcher = pool._dispatcher
+            pool._closed = True
+            if dispatcher is not None:
+                dispatcher.terminate_sync()
+
+    backend.start_task(keeper)
+
+
+async def run(fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` on the default pool of the running event loop.
+
+    The default pool is created on first use, with one worker per CPU, and shut down with
+    the event loop: the one-liner for CPU-bound work inside an async server.
+    """
+    return await _default_pool().apply(fn, *args, **kwargs)
+
+
+for _obj in (ProcessPool, Task, PoolStatistics, MapIterator, StreamIterator, run):
+    _obj.__module__ = "aioproc"
