@@ -62,7 +62,12 @@ async def _bounded(runner: Runner, sizes: Sizes, timeout_s: float) -> Measuremen
 
 
 def _run_here(runner: Runner, sizes: Sizes, timeout_s: float) -> Measurement:
-    return asyncio.run(_bounded(runner, sizes, timeout_s))
+    try:
+        return asyncio.run(_bounded(runner, sizes, timeout_s))
+    except TimeoutError as exc:
+        if str(exc):
+            raise
+        raise TimeoutError(f"timed out after {timeout_s:.3g} s") from None
 
 
 def _run_in_fresh_process(impl: str, figure: str, sizes: Sizes, timeout_s: float) -> Measurement:

@@ -6,7 +6,8 @@ implementation shows "n/a" there. To add a figure later (queue, lock, event), wr
 runner per implementation and register it::
 
     FIGURES["lock"] = Figure(
-        "lock", "µs", "lower", "median uncontended acquire+release from async code",
+        name="lock", unit="µs", better="lower",
+        about="median uncontended acquire+release from async code",
         runners={"aioproc": lock_aioproc, "mp_lock": lock_mp_via_executor},
     )
 
@@ -28,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,7 +106,7 @@ class Measurement:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-Runner = Callable[[Sizes], Coroutine[Any, Any, Measurement]]
+Runner = Callable[[Sizes], Awaitable[Measurement]]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Figure:
         runners: Implementation name → coroutine function measuring it.
         samples: How many times to call the runner (median reported), given the sizes.
         fresh_process: Run each sample in its own interpreter.
+        noise: Values at or below this cannot be told apart (measurement resolution).
     """
 
     name: str
@@ -129,6 +131,7 @@ class Figure:
     runners: dict[str, Runner]
     samples: Callable[[Sizes], int] = lambda sizes: 1
     fresh_process: bool = False
+    noise: float = 0.0
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -261,30 +264,31 @@ def _timed(fn: Callable[[int], Any], arg: int) -> float:
 
 
 async def scaling(impl: Impl, sizes: Sizes) -> Measurement:
-    """CPU-bound tasks on the pool vs the same tasks run one after another here (speed-up x)."""
+    """CPU-bound tasks on the pool vs the same tasks run one after another here (speed-up x).
+
+    Both sides take their best of a few runs, so a burst of unrelated load on the machine
+    does not pass for a scaling effect.
+    """
     n = _calibrate_burn(sizes.scaling_task_s)
     k = sizes.scaling_tasks
     expected = _tasks.burn(n)
     # Sequential baseline first, before any pool exists to compete for the CPU.
-    t0 = time.perf_counter()
-    for _ in range(k):
-        _tasks.burn(n)
-    sequential = time.perf_counter() - t0
+    one_task = min(_timed(_tasks.burn, n) for _ in range(k))
+    pool_runs: list[float] = []
     async with _opener(impl)(sizes.workers, None) as pool:
         await _touch_workers(pool, sizes)
-        t0 = time.perf_counter()
-        got = await asyncio.gather(*(pool.apply(_tasks.burn, n) for _ in range(k)))
-        parallel = time.perf_counter() - t0
-    _check(list(got), [expected] * k, "results")
+        for _ in range(_SCALING_RUNS):
+            t0 = time.perf_counter()
+            got = await asyncio.gather(*(pool.apply(_tasks.burn, n) for _ in range(k)))
+            pool_runs.append(time.perf_counter() - t0)
+            _check(list(got), [expected] * k, "results")
     return Measurement(
-        sequential / parallel,
-        {
-            "tasks": k,
-            "task_ms": 1e3 * sequential / k,
-            "sequential_s": sequential,
-            "pool_s": parallel,
-        },
+        k * one_task / min(pool_runs),
+        {"tasks": k, "task_ms": 1e3 * one_task, "pool_runs_s": pool_runs},
     )
+
+
+_SCALING_RUNS = 3
 
 
 async def payload(impl: Impl, sizes: Sizes) -> Measurement:
@@ -393,41 +397,41 @@ FIGURES: dict[str, Figure] = {
     figure.name: figure
     for figure in (
         Figure(
-            "latency",
-            "µs",
-            "lower",
-            "median round trip of one awaited tiny task, sequential, after warm-up",
+            name="latency",
+            unit="µs",
+            better="lower",
+            about="median round trip of one awaited tiny task, sequential, after warm-up",
             runners={**_for_pools(latency), "raw_pipe": latency_raw_pipe},
         ),
         Figure(
-            "concurrent",
-            "tasks/s",
-            "higher",
-            "tiny `apply` calls gathered at once",
+            name="concurrent",
+            unit="tasks/s",
+            better="higher",
+            about="tiny `apply` calls gathered at once",
             runners=_for_pools(concurrent),
         ),
         Figure(
-            "map",
-            "tasks/s",
-            "higher",
-            "`map` over tiny items, default chunking",
+            name="map",
+            unit="tasks/s",
+            better="higher",
+            about="`map` over tiny items, default chunking",
             runners=_for_pools(map_),
         ),
         Figure(
-            "startup",
-            "ms",
-            "lower",
-            "pool creation to first result, default start method, fresh interpreter each",
+            name="startup",
+            unit="ms",
+            better="lower",
+            about="pool creation to first result, default start method, fresh interpreter each",
             runners=_for_pools(startup, None),
             samples=_startup_samples,
             fresh_process=True,
         ),
         *(
             Figure(
-                f"startup.{method}",
-                "ms",
-                "lower",
-                f"pool creation to first result with start method {method!r}",
+                name=f"startup.{method}",
+                unit="ms",
+                better="lower",
+                about=f"pool creation to first result with start method {method!r}",
                 runners=_startup_runners(method),
                 samples=_startup_samples,
                 fresh_process=True,
@@ -435,24 +439,25 @@ FIGURES: dict[str, Figure] = {
             for method in START_METHODS
         ),
         Figure(
-            "idle",
-            "% core",
-            "lower",
-            "CPU burnt by an idle pool (this process + all descendants)",
+            name="idle",
+            unit="% core",
+            better="lower",
+            about="CPU burnt by an idle pool (this process + all descendants)",
             runners=_for_pools(idle),
+            noise=0.1,  # /proc counts whole clock ticks; the idle event loop itself is not 0
         ),
         Figure(
-            "scaling",
-            "x",
-            "higher",
-            "CPU-bound tasks on the pool vs sequential in one process",
+            name="scaling",
+            unit="x",
+            better="higher",
+            about="CPU-bound tasks on the pool vs sequential in one process",
             runners=_for_pools(scaling),
         ),
         Figure(
-            "payload",
-            "GB/s",
-            "higher",
-            "large `bytes` to a worker, its length back",
+            name="payload",
+            unit="GB/s",
+            better="higher",
+            about="large `bytes` to a worker, its length back",
             runners=_for_pools(payload),
         ),
     )

@@ -204,7 +204,7 @@ async def _open_anyio(workers: int, start_method: str | None) -> AsyncIterator[P
 
 @asynccontextmanager
 async def _open_aiomultiprocess(workers: int, start_method: str | None) -> AsyncIterator[PoolOps]:
-    import aiomultiprocess
+    import aiomultiprocess  # type: ignore[import-untyped]
 
     # A process-wide setting in aiomultiprocess; no argument means its default ("spawn").
     if start_method is None:
@@ -216,7 +216,8 @@ async def _open_aiomultiprocess(workers: int, start_method: str | None) -> Async
     async with aiomultiprocess.Pool(processes=workers) as pool:
 
         def apply(fn: Callable[[Any], Any], arg: Any) -> Awaitable[Any]:
-            return pool.apply(twins[fn], (arg,))
+            coroutine: Awaitable[Any] = pool.apply(twins[fn], (arg,))
+            return coroutine
 
         async def map_(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
             return list(await pool.map(twins[fn], items))

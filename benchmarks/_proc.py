@@ -166,3 +166,48 @@ def _reap_adopted() -> None:
             return
         if pid == 0:
             return
+
+
+def pipe_round_trip_us(cpus: tuple[int, int], rounds: int = 2_000) -> float:
+    """Median blocking ping-pong over a pipe pair between two pinned processes (µs).
+
+    The machine's own floor for waking another process, without any event loop: pinned to
+    one CPU it costs two context switches; across CPUs it adds a cross-CPU wake-up, which on
+    virtual machines can dominate every latency figure.
+
+    Args:
+        cpus: The CPU for this process and the one for the echoing child.
+        rounds: Timed round trips, after a fifth as many untimed ones.
+    """
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the echo child; it must never return into the caller's code
+        try:
+            os.sched_setaffinity(0, {cpus[1]})
+            os.close(req_w)
+            os.close(rep_r)
+            while data := os.read(req_r, 8):
+                os.write(rep_w, data)
+        finally:
+            os._exit(0)
+    affinity = os.sched_getaffinity(0)
+    os.close(req_r)
+    os.close(rep_w)
+    samples: list[int] = []
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        clock = time.perf_counter_ns
+        for i in range(rounds + rounds // 5):
+            t0 = clock()
+            os.write(req_w, b"ping0000")
+            os.read(rep_r, 8)
+            if i >= rounds // 5:
+                samples.append(clock() - t0)
+    finally:
+        os.sched_setaffinity(0, affinity)
+        os.close(req_w)  # EOF ends the child
+        os.close(rep_r)
+        os.waitpid(pid, 0)
+    samples.sort()
+    return samples[len(samples) // 2] / 1e3

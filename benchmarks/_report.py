@@ -10,10 +10,11 @@ from typing import Any
 
 from ._figures import FIGURES, Figure
 from ._impls import FLOORS, IMPLS, SUBJECT
+from ._proc import pipe_round_trip_us
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, including the cost of a bare pipe round trip."""
     model = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -22,14 +23,22 @@ def machine() -> dict[str, Any]:
             )
     except OSError:
         pass
+    wakeup: dict[str, float] | None = None
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(usable) >= 2:
+        wakeup = {
+            "same_cpu": pipe_round_trip_us((usable[0], usable[0])),
+            "cross_cpu": pipe_round_trip_us((usable[0], usable[1])),
+        }
     return {
         "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "usable_cpus": len(usable) or None,
         "cpu_model": model,
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "pipe_round_trip_us": wakeup,
     }
 
 
@@ -56,38 +65,65 @@ class Comparison:
     subject_value: float
     advantage: float
     """How many times better aioproc is (> 1: better), the figure's direction applied."""
+    bound: bool = False
+    """A value was within the figure's noise level, so `advantage` is only a bound."""
+    negligible: bool = False
+    """Both values were within the noise level: no difference can be told."""
+    context: str | None = None
+    """What differs between the two besides the library (e.g. the start methods)."""
 
     def describe(self) -> str:
         """E.g. "2.31x better (anyio)" or "1.45x worse (mp_pool)"."""
+        peer = f"{self.best_peer}; {self.context}" if self.context else self.best_peer
+        if self.negligible:
+            return f"both ~0 ({peer})"
+        at_least = ">= " if self.bound else ""
         if self.advantage >= 1:
-            return f"{self.advantage:.2f}x better ({self.best_peer})"
-        return f"{1 / self.advantage:.2f}x worse ({self.best_peer})"
+            return f"{at_least}{self.advantage:.2f}x better ({peer})"
+        return f"{at_least}{1 / self.advantage:.2f}x worse ({peer})"
 
 
-def _ok(reports: dict[str, dict[str, Any]], impl: str, figure: str) -> float | None:
+def _result(reports: dict[str, dict[str, Any]], impl: str, figure: str) -> dict[str, Any] | None:
     result = reports.get(impl, {}).get("figures", {}).get(figure)
-    return result["value"] if result and result["status"] == "ok" else None
+    return result if result and result["status"] == "ok" else None
 
 
 def compare(reports: dict[str, dict[str, Any]], figure: Figure) -> Comparison | None:
     """aioproc vs the best peer on `figure`, or None if either side has no value."""
-    subject = _ok(reports, SUBJECT, figure.name)
+    subject = _result(reports, SUBJECT, figure.name)
     peers = {
-        impl: value
+        impl: result
         for impl in reports
         if impl != SUBJECT
         and impl not in FLOORS
-        and (value := _ok(reports, impl, figure.name)) is not None
+        and (result := _result(reports, impl, figure.name)) is not None
     }
     if subject is None or not peers:
         return None
     pick = min if figure.better == "lower" else max
-    best = pick(peers, key=lambda impl: peers[impl])
-    value = peers[best]
-    if subject <= 0 or value <= 0:
+    best = pick(peers, key=lambda impl: peers[impl]["value"])
+    ours, theirs = subject["value"], peers[best]["value"]
+    # Within the noise level values cannot be told apart: compare the level instead.
+    s, b = max(ours, figure.noise), max(theirs, figure.noise)
+    if s <= 0 or b <= 0:
         return None
-    advantage = value / subject if figure.better == "lower" else subject / value
-    return Comparison(best, value, subject, advantage)
+    advantage = b / s if figure.better == "lower" else s / b
+    ours_method = subject["detail"].get("start_method")
+    theirs_method = peers[best]["detail"].get("start_method")
+    context = (
+        f"{theirs_method} vs our {ours_method}"
+        if ours_method and theirs_method and ours_method != theirs_method
+        else None
+    )
+    return Comparison(
+        best_peer=best,
+        best_value=theirs,
+        subject_value=ours,
+        advantage=advantage,
+        bound=(ours <= figure.noise) != (theirs <= figure.noise),
+        negligible=ours <= figure.noise and theirs <= figure.noise,
+        context=context,
+    )
 
 
 def table(figures: list[str], reports: dict[str, dict[str, Any]]) -> str:
@@ -108,7 +144,7 @@ def table(figures: list[str], reports: dict[str, dict[str, Any]]) -> str:
             if result["status"] == "ok":
                 return format_value(result["value"], figure.unit)
             if result["status"] != "error":
-                return result["status"]
+                return str(result["status"])
             error = result["error"]
         key = f"{impl}: {error}"
         number = notes.setdefault(key, len(notes) + 1)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 _FRAME = struct.Struct("<q")
 

@@ -128,7 +128,7 @@ def _run_impl(impl: str, figures: list[str], sizes: Sizes, env: dict[str, str]) 
                 kill_descendants()
         lines = out.decode(errors="replace").strip().splitlines()
         try:
-            report = json.loads(lines[-1])
+            report: dict[str, Any] = json.loads(lines[-1])
         except (IndexError, ValueError):
             for name in remaining:
                 merged["figures"][name] = {"status": "error", "error": failure}
@@ -223,6 +223,11 @@ def _parent(args: argparse.Namespace, sizes: Sizes) -> int:
         f" {'quick' if sizes.quick else 'full'} sizes; timeout {sizes.timeout_s:g} s per figure",
         flush=True,
     )
+    if wakeup := host["pipe_round_trip_us"]:
+        print(
+            f"pipe round trip, blocking, no event loop: {wakeup['same_cpu']:.1f} µs on one CPU,"
+            f" {wakeup['cross_cpu']:.1f} µs across CPUs (the machine's wake-up cost)"
+        )
     if not become_subreaper():
         print("warning: cannot adopt orphaned processes; leftovers go untracked", file=sys.stderr)
 

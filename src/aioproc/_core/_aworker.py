@@ -1,0 +1,195 @@
+"""The worker loop for ``concurrency > 1``: coroutine tasks share one event loop.
+
+The task pipe is read by the loop itself (``add_reader``). Calls start in arrival order and
+at most ``concurrency`` run at once (a FIFO semaphore), which is the order the parent's
+dispatcher assumes when it decides what was running if the worker dies. A ``Cancel`` frame
+cancels the coroutine of that call; replies produced in one loop turn leave in one write.
+Plain functions run inline and hold the loop while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from inspect import isasyncgen, iscoroutine
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .._exceptions import SerializationError
+from . import _codec, _wire
+from ._worker import STREAM_WINDOW, Worker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_READ_SIZE = 1 << 16
+
+
+class _AsyncServer:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.loop = worker.event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.slots = asyncio.Semaphore(worker.concurrency)
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.credits: dict[int, int] = {}
+        self.credit_events: dict[int, asyncio.Event] = {}
+        self.flush_scheduled = False
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+
+    # --- input ----------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        worker = self.worker
+        try:
+            data = os.read(worker.task_fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self.loop.remove_reader(worker.task_fd)
+            worker.stopping = True
+            self.maybe_finish()
+            return
+        for msg in worker.reader.feed(data):
+            self.handle(msg)
+
+    def handle(self, msg: _wire.Message) -> None:
+        worker = self.worker
+        if isinstance(msg, _wire.Call):
+            if msg.id in worker.cancelled:
+                worker.cancelled.discard(msg.id)
+                return
+            self.tasks[msg.id] = self.loop.create_task(self.run_call(msg))
+        elif isinstance(msg, _wire.Cancel):
+            task = self.tasks.get(msg.id)
+            if task is not None:
+                task.cancel()
+            else:
+                worker.cancelled.add(msg.id)
+        elif isinstance(msg, _wire.Ack):
+            if msg.id in self.credits:
+                self.credits[msg.id] += msg.n
+                self.credit_events[msg.id].set()
+        elif isinstance(msg, _wire.Stop):
+            worker.stopping = True
+            self.maybe_finish()
+        else:
+            worker.handle(msg)
+
+    # --- output ---------------------------------------------------------------------------
+
+    def reply(self, msg: _wire.Message) -> None:
+        channel = self.worker.channel
+        try:
+            channel.put(msg)
+        except SerializationError as exc:
+            assert isinstance(msg, _wire.Done)
+            channel.put(_wire.Failed(msg.id, _codec.dumps_error(exc)))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        self.worker.flush_output()
+        self.worker.channel.flush()
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run_call(self, msg: _wire.Call) -> None:
+        worker = self.worker
+        try:
+            async with self.slots:
+                answer = await self.execute(msg)
+        except asyncio.CancelledError:
+            answer = None  # the parent has already settled this call
+        finally:
+            self.tasks.pop(msg.id, None)
+            worker.done += 1
+        if answer is not None:
+            self.reply(answer)
+        if worker.max_tasks and worker.done >= worker.max_tasks:
+            worker.stopping = True
+        self.maybe_finish()
+
+    async def execute(self, msg: _wire.Call) -> _wire.Message | None:
+        worker = self.worker
+        try:
+            fn = worker.functions[msg.fn]
+            try:
+                payload = _codec.loads(msg.args)
+            except BaseException as exc:
+                raise SerializationError(
+                    f"cannot rebuild the arguments in the worker: {exc!r}"
+                ) from exc
+            mode = msg.mode
+            if mode == _wire.MODE_CALL:
+                args, kwargs = payload
+                result = await _maybe_await(fn(*args, **(kwargs or {})))
+            elif mode == _wire.MODE_MAP:
+                result = [await _maybe_await(fn(x)) for x in payload]
+            elif mode == _wire.MODE_STARMAP:
+                result = [await _maybe_await(fn(*a)) for a in payload]
+            else:
+                args, kwargs = payload
+                await self.stream(msg.id, fn, args, kwargs or {})
+                return None
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return _wire.Failed(msg.id, _codec.dumps_error(exc))
+        try:
+            return _wire.Done(msg.id, _codec.dumps(result))
+        except BaseException as exc:
+            err = SerializationError(
+                f"cannot send the result of type {_codec.type_name(result)!r} back: {exc}"
+            )
+            return _wire.Failed(msg.id, _codec.dumps_error(err))
+
+    async def stream(
+        self, task_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.credits[task_id] = STREAM_WINDOW
+        event = self.credit_events[task_id] = asyncio.Event()
+        gen = fn(*args, **kwargs)
+        try:
+            if isasyncgen(gen):
+                async for item in gen:
+                    await self.emit(task_id, item, event)
+            else:
+                for item in gen:
+                    await self.emit(task_id, item, event)
+            self.reply(_wire.End(task_id))
+        finally:
+            del self.credits[task_id], self.credit_events[task_id]
+
+    async def emit(self, task_id: int, item: Any, event: asyncio.Event) -> None:
+        self.reply(_wire.Item(task_id, _codec.dumps(item)))
+        self.credits[task_id] -= 1
+        while self.credits[task_id] <= 0:
+            event.clear()
+            await event.wait()
+
+    def maybe_finish(self) -> None:
+        if self.worker.stopping and not self.tasks and not self.finished.done():
+            self.finished.set_result(None)
+
+    async def main(self) -> None:
+        self.loop.add_reader(self.worker.task_fd, self.on_readable)
+        # Frames read before the switch to this loop (during start-up) are handled first.
+        while self.worker.inbox:
+            self.handle(self.worker.inbox.popleft())
+        await self.finished
+        self.flush()
+
+
+async def _maybe_await(value: Any) -> Any:
+    if iscoroutine(value):
+        return await value
+    return value
+
+
+def serve_async(worker: Worker) -> NoReturn:
+    os.set_blocking(worker.task_fd, False)
+    server = _AsyncServer(worker)
+    server.loop.run_until_complete(server.main())
+    worker.exit(0)

@@ -1,0 +1,74 @@
+"""Shared fixtures: every async test runs under asyncio, asyncio+uvloop and trio."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aioproc._core import _spawn
+
+BACKENDS = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    pytest.param(("trio", {}), id="trio"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=_spawn.START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+def _children() -> set[int]:
+    """Live descendants of this process, except the fork server."""
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {me}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    server = _spawn._forkserver
+    if server is not None:
+        found.discard(server.pid)
+    return found
+
+
+def _shm() -> set[str]:
+    try:
+        return {name for name in os.listdir("/dev/shm") if name.startswith("aioproc")}
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> object:
+    """No worker process, aioproc fd or shared-memory segment outlives a test."""
+    children_before = _children()
+    shm_before = _shm()
+    yield
+    server = _spawn._forkserver
+    server_fd = {server._sock.fileno()} if server is not None else set()
+    leaked_fds = _spawn._parent_fds - server_fd
+    assert not leaked_fds, f"aioproc fds left open: {sorted(leaked_fds)}"
+    leaked = _children() - children_before
+    assert not leaked, f"processes left behind: {sorted(leaked)}"
+    assert _shm() - shm_before == set(), "shared memory left in /dev/shm"

@@ -1,0 +1,205 @@
+"""Functions the tests run in workers (a light module: workers import it quickly)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+state: dict[str, Any] = {}
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def add(a: int, b: int, *, scale: int = 1) -> int:
+    return (a + b) * scale
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def identity_type(value: Any) -> tuple[str, Any]:
+    return type(value).__name__, value
+
+
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0)
+    return x * 2
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def square_slowly(x: int, delay: float = 0.5) -> int:
+    time.sleep(delay)
+    return x * x
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def worker_task(task: int) -> int:
+    """The tutorial's worker: doubles, rejects 0."""
+    if task == 0:
+        raise ValueError("Invalid task value")
+    return task * 2
+
+
+def sleep_forever() -> None:
+    while True:
+        time.sleep(10)
+
+
+async def async_sleep_forever() -> None:
+    await asyncio.sleep(3600)
+
+
+def hang_then_touch(path: str, release: str) -> None:
+    """Wait until `release` exists, then create `path`."""
+    while not Path(release).exists():
+        time.sleep(0.01)
+    Path(path).touch()
+
+
+def touch(path: str) -> str:
+    Path(path).touch()
+    return path
+
+
+def wait_for_file(path: str) -> str:
+    while not Path(path).exists():
+        time.sleep(0.01)
+    return path
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def sys_exit(code: int) -> None:
+    sys.exit(code)
+
+
+def kill_self(sig: int = signal.SIGKILL) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(10)
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def die_once(marker: str) -> int:
+    """Die the first time (no marker yet), succeed the second."""
+    path = Path(marker)
+    if not path.exists():
+        path.touch()
+        os._exit(7)
+    return os.getpid()
+
+
+def set_state(key: str, value: Any) -> None:
+    state[key] = value
+
+
+def get_state(key: str) -> Any:
+    return state.get(key)
+
+
+def failing_initializer() -> None:
+    raise RuntimeError("initializer exploded")
+
+
+async def async_initializer(value: Any) -> None:
+    await asyncio.sleep(0)
+    state["async_init"] = value
+
+
+def speak(text: str) -> str:
+    print(text)
+    print(f"err:{text}", file=sys.stderr)
+    return text
+
+
+def log(name: str, level: int, text: str) -> None:
+    logging.getLogger(name).log(level, text)
+
+
+def count_up(n: int) -> Any:
+    yield from range(n)
+
+
+async def async_count_up(n: int) -> Any:
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i
+
+
+def yield_then_block(path: str) -> Any:
+    yield "first"
+    while not Path(path).exists():
+        time.sleep(0.01)
+    yield "second"
+
+
+def fail_midway(n: int) -> Any:
+    yield from range(n)
+    raise KeyError("midway")
+
+
+_arrived = 0
+_all_here: asyncio.Event | None = None
+
+
+async def rendezvous(parties: int) -> int:
+    """Returns once `parties` calls are inside the worker at the same time."""
+    global _arrived, _all_here
+    if _all_here is None:
+        _all_here = asyncio.Event()
+    _arrived += 1
+    if _arrived >= parties:
+        _all_here.set()
+    await asyncio.wait_for(_all_here.wait(), 30)
+    return _arrived
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("this object refuses to be pickled")
+
+
+def return_unpicklable() -> Any:
+    import threading
+
+    return threading.Lock()
+
+
+class OddError(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"odd {a} {b}")
+
+
+def raise_odd() -> None:
+    raise OddError(1, 2)
+
+
+def return_lambda_result(fn: Any, x: Any) -> Any:
+    return fn(x)
+
+
+def count_pulled(counter: list[int], n: int) -> Any:
+    for i in range(n):
+        counter[0] += 1
+        yield i

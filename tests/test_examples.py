@@ -1,0 +1,51 @@
+"""Every script in examples/ runs and prints what its tutorial promises."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_pool_map() -> None:
+    assert run_example("pool_map.py") == "Results: [2, 4, 6, 8, 10]\n"
+
+
+def test_pool_errors() -> None:
+    out = run_example("pool_errors.py").splitlines()
+    assert out == ["Task 0 failed: ValueError: Invalid task value", "Output: [2, 4, 8, 10]"]
+
+
+def test_pool_squares() -> None:
+    out = run_example("pool_squares.py").splitlines()
+    assert out == ["Squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "100"]
+
+
+def test_quickstart() -> None:
+    out = run_example("pool_quickstart.py", "--limit", "20000")
+    assert "primes below 20000: 2262" in out
+    assert "workers:" in out and "speed-up" in out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_example_has_a_test(script: str) -> None:
+    tested = ast.parse(Path(__file__).read_text())
+    names = {node.value for node in ast.walk(tested) if isinstance(node, ast.Constant)}
+    assert script in names, f"examples/{script} is not exercised by a test"

@@ -1,0 +1,484 @@
+"""ProcessPool: every item of API.md's "Pools" section, under asyncio, uvloop and trio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aioproc
+from tests import tasks
+
+pytestmark = pytest.mark.anyio
+
+
+# --- apply and submit ---------------------------------------------------------------------
+
+
+async def test_apply_sync_async_and_kwargs(start_method: str) -> None:
+    async with aioproc.ProcessPool(2, start_method=start_method) as pool:
+        assert await pool.apply(tasks.double, 21) == 42
+        assert await pool.apply(tasks.async_double, 4) == 8
+        assert await pool.apply(tasks.add, 1, 2, scale=10) == 30
+        pids = {await pool.apply(tasks.pid) for _ in range(4)}
+        assert os.getpid() not in pids
+        assert pids <= set(pool.statistics().pids)
+
+
+async def test_values_keep_their_exact_type() -> None:
+    values: list[Any] = [(1, 2), [1, 2], {1, 2}, frozenset({3}), b"raw", bytearray(b"x"),
+                         {"a": (1,)}, 1.5, 2**100, None, complex(1, 2), range(3)]
+    async with aioproc.ProcessPool(1) as pool:
+        for value in values:
+            name, back = await pool.apply(tasks.identity_type, value)
+            assert name == type(value).__name__
+            assert back == value and type(back) is type(value)
+
+
+async def test_lambdas_closures_and_local_functions() -> None:
+    offset = 100
+
+    def local(x: int) -> int:
+        return x + offset
+
+    async with aioproc.ProcessPool(1) as pool:
+        assert await pool.apply(lambda x: x * 3, 3) == 9
+        assert await pool.apply(local, 1) == 101
+        assert await pool.map(local, [1, 2]) == [101, 102]
+        # A lambda as an argument travels by value too.
+        assert await pool.apply(tasks.return_lambda_result, lambda v: v - 1, 10) == 9
+
+
+async def test_exception_keeps_type_and_remote_traceback(start_method: str) -> None:
+    async with aioproc.ProcessPool(2, start_method=start_method) as pool:
+        with pytest.raises(ValueError, match="boom") as info:
+            await pool.apply(tasks.fail)
+        cause = info.value.__cause__
+        assert isinstance(cause, aioproc.RemoteTraceback)
+        assert "in fail" in str(cause) and "ValueError: boom" in str(cause)
+        assert await pool.apply(tasks.double, 1) == 2
+
+
+async def test_one_failing_task_never_fails_another() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        submitted = [pool.submit(tasks.worker_task, t) for t in [1, 2, 0, 4, 5]]
+        outcomes: list[Any] = []
+        for task in submitted:
+            try:
+                outcomes.append(await task)
+            except ValueError as exc:
+                outcomes.append(str(exc))
+        assert outcomes == [2, 4, "Invalid task value", 8, 10]
+
+
+async def test_task_handle() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        task = pool.submit(tasks.double, 5)
+        seen: list[int] = []
+        done = anyio.Event()
+
+        def callback(t: aioproc.Task[int]) -> None:
+            seen.append(t.result())
+            done.set()
+
+        task.add_done_callback(callback)
+        with pytest.raises(Exception, match="not done"):
+            task.result()
+        assert await task == 10
+        await done.wait()
+        assert seen == [10]
+        assert task.done() and not task.cancelled()
+        assert task.result() == 10 and task.exception() is None
+        assert task.cancel() is False
+
+        failing = pool.submit(tasks.fail, "nope")
+        with pytest.raises(ValueError, match="nope"):
+            await failing
+        assert isinstance(failing.exception(), ValueError)
+
+        late: list[int] = []
+        task.add_done_callback(lambda t: late.append(t.result()))
+        await pool.apply(tasks.double, 0)  # one loop turn at least
+        assert late == [10]
+
+
+async def test_sys_exit_in_task_is_the_tasks_error() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(SystemExit) as info:
+            await pool.apply(tasks.sys_exit, 4)
+        assert info.value.code == 4
+        assert await pool.apply(tasks.double, 2) == 4
+        assert pool.statistics().restarts == 0
+
+
+# --- map, starmap, imap, imap_unordered -----------------------------------------------------
+
+
+async def test_map_and_starmap(start_method: str) -> None:
+    async with aioproc.ProcessPool(2, start_method=start_method) as pool:
+        assert await pool.map(tasks.double, [1, 2, 3, 4, 5]) == [2, 4, 6, 8, 10]
+        assert await pool.map(tasks.double, range(1000)) == [2 * i for i in range(1000)]
+        assert await pool.map(tasks.double, [], chunksize=3) == []
+        assert await pool.map(tasks.async_double, range(10), chunksize=3) == [
+            2 * i for i in range(10)
+        ]
+        assert await pool.starmap(tasks.add, [(1, 2), (3, 4)]) == [3, 7]
+
+
+async def test_map_accepts_async_iterables() -> None:
+    async def numbers() -> Any:
+        for i in range(20):
+            yield i
+
+    async with aioproc.ProcessPool(2) as pool:
+        assert await pool.map(tasks.double, numbers()) == [2 * i for i in range(20)]
+
+
+async def test_map_raises_first_failure() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        with pytest.raises(ValueError, match="Invalid task value"):
+            await pool.map(tasks.worker_task, [1, 2, 0, 4, 5], chunksize=1)
+        assert await pool.apply(tasks.double, 3) == 6
+
+
+async def test_imap_ordered_and_unordered(start_method: str) -> None:
+    async with aioproc.ProcessPool(2, start_method=start_method) as pool:
+        ordered = [y async for y in pool.imap(tasks.double, range(200))]
+        assert ordered == [2 * i for i in range(200)]
+        unordered = [y async for y in pool.imap_unordered(tasks.double, iter(range(200)))]
+        assert sorted(unordered) == ordered
+        small = [y async for y in pool.imap(tasks.double, iter(range(50)), chunksize=7)]
+        assert small == [2 * i for i in range(50)]
+
+
+async def test_imap_consumes_lazily_with_backpressure() -> None:
+    pulled = 0
+
+    def numbers() -> Any:
+        nonlocal pulled
+        i = 0
+        while True:  # infinite
+            pulled += 1
+            yield i
+            i += 1
+
+    async with aioproc.ProcessPool(2) as pool:
+        results = []
+        async for y in pool.imap(tasks.double, numbers(), chunksize=1):
+            results.append(y)
+            if len(results) == 10:
+                break
+        assert results == [2 * i for i in range(10)]
+        # A bounded window: far fewer items pulled than an eager reader would take.
+        assert pulled < 10 + 2 * 2 * 2 + 1
+        assert await pool.apply(tasks.double, 1) == 2
+
+
+async def test_imap_async_source_streams_results_before_the_input_ends() -> None:
+    send, receive = anyio.create_memory_object_stream[int](10)
+    async with aioproc.ProcessPool(2) as pool, receive:
+        out = pool.imap_unordered(tasks.double, receive)
+        await send.send(1)
+        assert await out.__anext__() == 2  # arrives while the input is still open
+        await send.send(2)
+        assert await out.__anext__() == 4
+        await send.aclose()
+        assert [y async for y in out] == []
+
+
+async def test_breaking_out_of_imap_cancels_the_rest(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    async with aioproc.ProcessPool(1) as pool:
+        paths = [str(tmp_path / f"file{i}") for i in range(5)]
+        it = pool.imap(tasks.touch, paths[:1] + [str(release)], chunksize=1)
+        async with it:
+            assert await it.__anext__() == paths[0]
+        # The iterator is closed: nothing more is yielded.
+        assert [y async for y in it] == []
+        assert await pool.apply(tasks.double, 2) == 4
+
+
+async def test_imap_error_ends_iteration() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        seen = []
+        with pytest.raises(ValueError, match="Invalid task value"):
+            async for y in pool.imap(tasks.worker_task, [1, 2, 0, 4], chunksize=1):
+                seen.append(y)
+        assert seen == [2, 4]
+
+
+# --- stream -------------------------------------------------------------------------------
+
+
+async def test_stream_generators(start_method: str) -> None:
+    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
+        assert [i async for i in pool.stream(tasks.count_up, 200)] == list(range(200))
+        assert [i async for i in pool.stream(tasks.async_count_up, 5)] == list(range(5))
+        with pytest.raises(KeyError, match="midway"):
+            async for _ in pool.stream(tasks.fail_midway, 3):
+                pass
+
+
+async def test_stream_items_arrive_as_yielded(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with aioproc.ProcessPool(1) as pool:
+        stream = pool.stream(tasks.yield_then_block, str(gate))
+        # The generator is blocked after its first item; we still get the first item.
+        assert await stream.__anext__() == "first"
+        gate.touch()
+        assert await stream.__anext__() == "second"
+        assert [x async for x in stream] == []
+
+
+async def test_leaving_a_stream_early_stops_it(tmp_path: Path) -> None:
+    gate = tmp_path / "never"
+    async with aioproc.ProcessPool(1) as pool:
+        first_pid = pool.statistics().pids[0]
+        async with pool.stream(tasks.yield_then_block, str(gate)) as stream:
+            assert await stream.__anext__() == "first"
+        assert await pool.apply(tasks.double, 4) == 8
+        assert pool.statistics().pids[0] != first_pid
+
+
+# --- cancellation, timeouts, dead workers ---------------------------------------------------
+
+
+async def test_cancelling_a_running_task_replaces_its_worker(start_method: str) -> None:
+    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
+        (old,) = pool.statistics().pids
+        with anyio.move_on_after(0.3) as scope:
+            await pool.apply(tasks.sleep_forever)
+        assert scope.cancelled_caught
+        assert await pool.apply(tasks.double, 5) == 10
+        stats = pool.statistics()
+        assert stats.workers == 1 and stats.pids[0] != old
+        assert stats.restarts == 1
+
+
+async def test_task_cancel_and_queued_task_never_starts(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    marker = tmp_path / "ran"
+    async with aioproc.ProcessPool(1) as pool:
+        blocker = pool.submit(tasks.wait_for_file, str(release))
+        queued = pool.submit(tasks.touch, str(marker))
+        assert queued.cancel() is True
+        assert queued.cancelled()
+        release.touch()
+        assert await blocker == str(release)
+        assert await pool.apply(tasks.double, 1) == 2
+        assert not marker.exists()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+
+
+async def test_many_cancellations_leave_the_pool_healthy() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        for _ in range(20):
+            with anyio.move_on_after(0.01):
+                await pool.apply(tasks.sleep_forever)
+        assert await pool.map(tasks.double, range(10)) == [2 * i for i in range(10)]
+        assert pool.statistics().workers == 2
+
+
+async def test_task_timeout(start_method: str) -> None:
+    async with aioproc.ProcessPool(1, task_timeout=0.3, start_method=start_method) as pool:
+        with pytest.raises(TimeoutError, match="timeout of 0.3"):
+            await pool.apply(tasks.sleep_forever)
+        assert await pool.apply(tasks.double, 3) == 6
+        assert pool.statistics().restarts == 1
+
+
+async def test_async_task_cancelled_inside_a_concurrent_worker() -> None:
+    async with aioproc.ProcessPool(1, concurrency=4) as pool:
+        (pid,) = pool.statistics().pids
+        with anyio.move_on_after(0.3):
+            await pool.apply(tasks.async_sleep_forever)
+        assert await pool.apply(tasks.async_double, 2) == 4
+        # The coroutine was cancelled in place: same worker, no restart.
+        assert pool.statistics().pids == (pid,)
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "expected"),
+    [
+        (tasks.kill_self, (signal.SIGKILL,), "SIGKILL"),
+        (tasks.segfault, (), "SIGSEGV"),
+        (tasks.exit_with, (3,), "exited with code 3"),
+    ],
+)
+async def test_dead_worker_fails_only_its_task(
+    start_method: str, fn: Any, args: tuple[Any, ...], expected: str
+) -> None:
+    async with aioproc.ProcessPool(2, start_method=start_method) as pool:
+        slow = pool.submit(tasks.square_slowly, 3, 0.3)
+        with pytest.raises(aioproc.WorkerDiedError, match=expected):
+            await pool.apply(fn, *args)
+        assert await slow == 9
+        assert await pool.apply(tasks.double, 1) == 2
+        assert pool.statistics().workers == 2
+
+
+async def test_retries_rerun_a_task_whose_worker_died(tmp_path: Path) -> None:
+    async with aioproc.ProcessPool(1, retries=1) as pool:
+        first = pool.statistics().pids[0]
+        pid = await pool.apply(tasks.die_once, str(tmp_path / "marker"))
+        assert pid != first
+
+
+# --- workers: initializer, recycling, concurrency, output ----------------------------------
+
+
+async def test_initializer_runs_in_each_worker(start_method: str) -> None:
+    async with aioproc.ProcessPool(
+        2, initializer=tasks.set_state, initargs=("greeting", "hi"), start_method=start_method
+    ) as pool:
+        assert await pool.map(tasks.get_state, ["greeting"] * 4, chunksize=1) == ["hi"] * 4
+    async with aioproc.ProcessPool(1, initializer=tasks.async_initializer, initargs=(5,)) as p:
+        assert await p.apply(tasks.get_state, "async_init") == 5
+
+
+async def test_failing_initializer_breaks_the_pool_without_respawning() -> None:
+    pool = aioproc.ProcessPool(2, initializer=tasks.failing_initializer)
+    with pytest.raises(aioproc.WorkerDiedError, match="initializer") as info:
+        async with pool:
+            await pool.apply(tasks.double, 1)
+    cause = info.value.__cause__
+    assert isinstance(cause, RuntimeError) and "exploded" in str(cause)
+    with pytest.raises(aioproc.PoolClosedError):
+        await pool.apply(tasks.double, 1)
+    assert pool.statistics().restarts == 0
+
+
+async def test_max_tasks_per_child_recycles_workers() -> None:
+    async with aioproc.ProcessPool(1, max_tasks_per_child=2) as pool:
+        pids = [await pool.apply(tasks.pid) for _ in range(6)]
+        assert len(set(pids)) == 3
+        backlog = [pool.submit(tasks.pid) for _ in range(7)]
+        done = [await t for t in backlog]
+        assert len(done) == 7 and len(set(done)) == 4
+
+
+async def test_concurrency_runs_coroutines_together() -> None:
+    async with aioproc.ProcessPool(1, concurrency=4) as pool:
+        results = await pool.map(tasks.rendezvous, [4] * 4, chunksize=1)
+        assert sorted(results) == [4, 4, 4, 4]
+
+
+async def test_output_and_logging_reach_the_parent(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with aioproc.ProcessPool(1) as pool:
+        assert await pool.apply(tasks.speak, "hello from a worker") == "hello from a worker"
+        await pool.apply(tasks.log, "app.worker", logging.WARNING, "careful")
+        await pool.apply(tasks.log, "app.worker", logging.DEBUG, "not shown")
+    out, err = capsys.readouterr()
+    assert "hello from a worker\n" in out
+    assert "err:hello from a worker\n" in err
+    records = [r for r in caplog.records if r.name == "app.worker"]
+    assert [(r.levelno, r.getMessage()) for r in records] == [(logging.WARNING, "careful")]
+    assert records[0].process != os.getpid()
+
+
+# --- serialisation errors -------------------------------------------------------------------
+
+
+async def test_unpicklable_argument_names_the_type() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(aioproc.SerializationError, match="argument 1 of type '_thread.lock'"):
+            await pool.apply(tasks.add, 1, threading.Lock())
+        with pytest.raises(aioproc.SerializationError, match="keyword argument 'scale'"):
+            pool.submit(tasks.add, 1, 2, scale=tasks.Unpicklable())
+        with pytest.raises(aioproc.SerializationError, match="input item 2"):
+            await pool.map(tasks.echo, [1, 2, threading.Lock()])
+        assert pool.statistics().completed == 0
+        assert await pool.apply(tasks.double, 2) == 4
+
+
+async def test_unpicklable_result_and_exception() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(aioproc.SerializationError, match="cannot send the result"):
+            await pool.apply(tasks.return_unpicklable)
+        with pytest.raises(aioproc.RemoteError, match="OddError") as info:
+            await pool.apply(tasks.raise_odd)
+        assert "raise_odd" in info.value.traceback
+        assert pool.statistics().restarts == 0
+
+
+# --- life cycle -----------------------------------------------------------------------------
+
+
+async def test_closing_waits_for_work_and_leaves_nothing(start_method: str) -> None:
+    pool = aioproc.ProcessPool(2, start_method=start_method)
+    async with pool:
+        pending = [pool.submit(tasks.square_slowly, i, 0.05) for i in range(6)]
+    assert [t.result() for t in pending] == [i * i for i in range(6)]
+    assert pool.statistics().workers == 0
+    with pytest.raises(aioproc.PoolClosedError):
+        await pool.apply(tasks.double, 1)
+
+
+async def test_an_error_inside_the_block_cancels_pending_work() -> None:
+    pool = aioproc.ProcessPool(1)
+    with pytest.raises(RuntimeError, match="leaving"):
+        async with pool:
+            running = pool.submit(tasks.sleep_forever)
+            queued = pool.submit(tasks.double, 1)
+            raise RuntimeError("leaving")
+    assert running.cancelled() and queued.cancelled()
+
+
+async def test_statistics() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        await pool.map(tasks.double, range(4), chunksize=1)
+        with pytest.raises(ValueError):
+            await pool.apply(tasks.fail)
+        stats = pool.statistics()
+        assert stats.workers == 2 and stats.busy == 0 and stats.queued == 0
+        assert stats.completed == 4 and stats.failed == 1 and stats.restarts == 0
+        with pytest.raises(AttributeError):
+            stats.workers = 3  # type: ignore[misc]
+
+
+async def test_default_pool_run() -> None:
+    assert await aioproc.run(tasks.double, 8) == 16
+    assert await aioproc.run(tasks.async_double, 1) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_workers": 0}, ValueError, "max_workers must be greater than 0"),
+        ({"max_workers": 1.5}, TypeError, "max_workers must be an int"),
+        ({"concurrency": 0}, ValueError, "concurrency must be greater than 0"),
+        ({"retries": -1}, ValueError, "retries must be at least 0"),
+        ({"max_tasks_per_child": 0}, ValueError, "max_tasks_per_child must be greater"),
+        ({"task_timeout": -1}, ValueError, "task_timeout must be a positive number"),
+        ({"start_method": "thread"}, ValueError, "start_method must be one of"),
+        ({"initializer": 3}, TypeError, "initializer must be callable"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        aioproc.ProcessPool(**kwargs)
+
+
+async def test_bad_call_arguments() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(TypeError, match="fn must be callable"):
+            await pool.apply(3)  # type: ignore[call-overload]
+        with pytest.raises(ValueError, match="chunksize must be greater than 0"):
+            await pool.map(tasks.double, [1], chunksize=0)
+
+
+def test_needs_a_running_loop() -> None:
+    pool = aioproc.ProcessPool(1)
+    with pytest.raises(RuntimeError, match="running event loop"):
+        pool.submit(tasks.double, 1)
