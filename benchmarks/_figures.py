@@ -160,6 +160,7 @@ async def _sample_latency(apply_one: Callable[[int], Awaitable[int]], sizes: Siz
         if clock() > warm_deadline:
             break
     samples: list[int] = []
+    cpu_before = CpuSnapshot.take(own_first=False)
     deadline = clock() + int(sizes.latency_budget_s * 1e9)
     for x in range(sizes.latency_samples):
         t0 = clock()
@@ -169,11 +170,19 @@ async def _sample_latency(apply_one: Callable[[int], Awaitable[int]], sizes: Siz
         samples.append(t1 - t0)
         if t1 > deadline and len(samples) >= 30:
             break
+    own, others = CpuSnapshot.take(own_first=True).since(cpu_before)
     samples.sort()
     quantiles = statistics.quantiles(samples, n=10)
     return Measurement(
         statistics.median(samples) / 1e3,
-        {"samples": len(samples), "p10_us": quantiles[0] / 1e3, "p90_us": quantiles[-1] / 1e3},
+        {
+            "samples": len(samples),
+            "p10_us": quantiles[0] / 1e3,
+            "p90_us": quantiles[-1] / 1e3,
+            # CPU burnt per round trip by every process involved: far above the latency means
+            # someone spins; coarse (clock ticks) for the worker side over short runs.
+            "cpu_per_call_us": 1e6 * (own + others) / len(samples),
+        },
     )
 
 
@@ -311,12 +320,13 @@ async def payload(impl: Impl, sizes: Sizes) -> Measurement:
 # -- the raw pipe floor --------------------------------------------------------------------
 
 _FRAME = struct.Struct("<q")
-_ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+"""The project root (the directory holding `benchmarks/`)."""
 
 
 def _start_echo_child(rfd: int, wfd: int) -> subprocess.Popen[bytes]:
     code = (
-        f"import sys; sys.path.insert(0, {str(_ROOT)!r});"
+        f"import sys; sys.path.insert(0, {str(ROOT)!r});"
         f" from benchmarks._tasks import pipe_echo; pipe_echo({rfd}, {wfd})"
     )
     return subprocess.Popen([sys.executable, "-c", code], pass_fds=(rfd, wfd))

@@ -211,3 +211,42 @@ def pipe_round_trip_us(cpus: tuple[int, int], rounds: int = 2_000) -> float:
         os.waitpid(pid, 0)
     samples.sort()
     return samples[len(samples) // 2] / 1e3
+
+
+def parallel_speedup(cpus: list[int], task_s: float = 0.1, runs: int = 3) -> float:
+    """Speed-up of bare forked processes burning CPU in parallel, one per CPU in `cpus`.
+
+    The ceiling for the `scaling` figure on this machine: no pool, no messages, just whether
+    the CPUs deliver their share (overcommitted or SMT-sibling vCPUs often do not).
+    """
+    from ._tasks import burn
+
+    probe = 50_000
+    t0 = time.perf_counter()
+    burn(probe)
+    n = max(1_000, int(probe * task_s / (time.perf_counter() - t0)))
+
+    def alone() -> float:
+        t0 = time.perf_counter()
+        burn(n)
+        return time.perf_counter() - t0
+
+    def together() -> float:
+        t0 = time.perf_counter()
+        pids = []
+        for cpu in cpus:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.sched_setaffinity(0, {cpu})
+                    burn(n)
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        return time.perf_counter() - t0
+
+    best_alone = min(alone() for _ in range(runs))
+    best_together = min(together() for _ in range(runs))
+    return len(cpus) * best_alone / best_together

@@ -10,11 +10,15 @@ from typing import Any
 
 from ._figures import FIGURES, Figure
 from ._impls import FLOORS, IMPLS, SUBJECT
-from ._proc import pipe_round_trip_us
+from ._proc import parallel_speedup, pipe_round_trip_us
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on, including the cost of a bare pipe round trip."""
+def machine(workers: int) -> dict[str, Any]:
+    """What the numbers were measured on, with two probes of what the machine allows.
+
+    Args:
+        workers: How many CPUs the parallel speed-up probe should use.
+    """
     model = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -24,12 +28,14 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     wakeup: dict[str, float] | None = None
+    speedup: float | None = None
     usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(usable) >= 2:
         wakeup = {
             "same_cpu": pipe_round_trip_us((usable[0], usable[0])),
             "cross_cpu": pipe_round_trip_us((usable[0], usable[1])),
         }
+        speedup = parallel_speedup(usable[:workers])
     return {
         "cpu_count": os.cpu_count(),
         "usable_cpus": len(usable) or None,
@@ -39,6 +45,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "pipe_round_trip_us": wakeup,
+        "bare_parallel_speedup": speedup,
     }
 
 

@@ -74,11 +74,11 @@ def _child_env() -> dict[str, str]:
     """The children's environment: this checkout importable, `src/` first if present."""
     import os
 
-    from ._figures import _ROOT
+    from ._figures import ROOT
 
-    paths = [str(_ROOT)]
-    if (_ROOT / "src" / "aioproc").is_dir():
-        paths.insert(0, str(_ROOT / "src"))
+    paths = [str(ROOT)]
+    if (ROOT / "src" / "aioproc").is_dir():
+        paths.insert(0, str(ROOT / "src"))
     if existing := os.environ.get("PYTHONPATH"):
         paths.append(existing)
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
@@ -213,7 +213,7 @@ def _parent(args: argparse.Namespace, sizes: Sizes) -> int:
         return 2
     impls = [i for i in IMPLS if i in impls]  # table order
 
-    host = machine()
+    host = machine(sizes.workers)
     print(
         f"machine: {host['cpu_count']} CPUs ({host['usable_cpus']} usable),"
         f" {host['cpu_model'] or 'unknown CPU'}; {host['platform']}"
@@ -227,6 +227,11 @@ def _parent(args: argparse.Namespace, sizes: Sizes) -> int:
         print(
             f"pipe round trip, blocking, no event loop: {wakeup['same_cpu']:.1f} µs on one CPU,"
             f" {wakeup['cross_cpu']:.1f} µs across CPUs (the machine's wake-up cost)"
+        )
+    if speedup := host["bare_parallel_speedup"]:
+        print(
+            f"bare parallel speed-up, {min(sizes.workers, host['usable_cpus'])} forked processes"
+            f" burning CPU, no pool: {speedup:.2f}x (the ceiling for scaling)"
         )
     if not become_subreaper():
         print("warning: cannot adopt orphaned processes; leftovers go untracked", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Tutorial port: Pool.map doubling a list of tasks.
 
-    python examples/pool_map.py        ->  Results: [2, 4, 6, 8, 10]
+python examples/pool_map.py        ->  Results: [2, 4, 6, 8, 10]
 """
 
 import asyncio

@@ -60,7 +60,9 @@ async def main(limit: int) -> None:
     assert parallel == sequential
     print(f"primes below {limit}: {parallel}")
     print(f"one process:     {one:.2f} s")
-    print(f"{workers} workers:       {many:.2f} s  (speed-up {one / many:.2f}x on {os.cpu_count()} CPUs)")
+    speedup = one / many
+    cpus = os.cpu_count()
+    print(f"{workers} workers:       {many:.2f} s  (speed-up {speedup:.2f}x on {cpus} CPUs)")
     print(f"pool start-up:   {ready * 1000:.0f} ms")
     print(f"event loop heartbeats while the pool worked: {len(ticks)}")
 

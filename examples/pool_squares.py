@@ -1,8 +1,8 @@
 """Tutorial port: Pool(4).map(square, range(10)) with simulated work, then a callback.
 
-    python examples/pool_squares.py
-    Squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
-    100
+python examples/pool_squares.py
+Squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
+100
 """
 
 import asyncio

@@ -33,8 +33,20 @@ async def test_apply_sync_async_and_kwargs(start_method: str) -> None:
 
 
 async def test_values_keep_their_exact_type() -> None:
-    values: list[Any] = [(1, 2), [1, 2], {1, 2}, frozenset({3}), b"raw", bytearray(b"x"),
-                         {"a": (1,)}, 1.5, 2**100, None, complex(1, 2), range(3)]
+    values: list[Any] = [
+        (1, 2),
+        [1, 2],
+        {1, 2},
+        frozenset({3}),
+        b"raw",
+        bytearray(b"x"),
+        {"a": (1,)},
+        1.5,
+        2**100,
+        None,
+        complex(1, 2),
+        range(3),
+    ]
     async with aioproc.ProcessPool(1) as pool:
         for value in values:
             name, back = await pool.apply(tasks.identity_type, value)
@@ -197,7 +209,7 @@ async def test_breaking_out_of_imap_cancels_the_rest(tmp_path: Path) -> None:
     release = tmp_path / "release"
     async with aioproc.ProcessPool(1) as pool:
         paths = [str(tmp_path / f"file{i}") for i in range(5)]
-        it = pool.imap(tasks.touch, paths[:1] + [str(release)], chunksize=1)
+        it = pool.imap(tasks.touch, [*paths[:1], str(release)], chunksize=1)
         async with it:
             assert await it.__anext__() == paths[0]
         # The iterator is closed: nothing more is yielded.
@@ -289,7 +301,7 @@ async def test_many_cancellations_leave_the_pool_healthy() -> None:
 
 async def test_task_timeout(start_method: str) -> None:
     async with aioproc.ProcessPool(1, task_timeout=0.3, start_method=start_method) as pool:
-        with pytest.raises(TimeoutError, match="timeout of 0.3"):
+        with pytest.raises(TimeoutError, match=r"timeout of 0\.3"):
             await pool.apply(tasks.sleep_forever)
         assert await pool.apply(tasks.double, 3) == 6
         assert pool.statistics().restarts == 1
@@ -392,7 +404,7 @@ async def test_output_and_logging_reach_the_parent(
 
 async def test_unpicklable_argument_names_the_type() -> None:
     async with aioproc.ProcessPool(1) as pool:
-        with pytest.raises(aioproc.SerializationError, match="argument 1 of type '_thread.lock'"):
+        with pytest.raises(aioproc.SerializationError, match=r"argument 1 of type '_thread\.lock'"):
             await pool.apply(tasks.add, 1, threading.Lock())
         with pytest.raises(aioproc.SerializationError, match="keyword argument 'scale'"):
             pool.submit(tasks.add, 1, 2, scale=tasks.Unpicklable())
@@ -438,7 +450,7 @@ async def test_an_error_inside_the_block_cancels_pending_work() -> None:
 async def test_statistics() -> None:
     async with aioproc.ProcessPool(2) as pool:
         await pool.map(tasks.double, range(4), chunksize=1)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="boom"):
             await pool.apply(tasks.fail)
         stats = pool.statistics()
         assert stats.workers == 2 and stats.busy == 0 and stats.queued == 0
@@ -465,7 +477,9 @@ async def test_default_pool_run() -> None:
         ({"initializer": 3}, TypeError, "initializer must be callable"),
     ],
 )
-def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+def test_bad_arguments_are_named(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
     with pytest.raises(error, match=message):
         aioproc.ProcessPool(**kwargs)
 

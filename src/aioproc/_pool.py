@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import math
 import os
 import sys
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import anyio
 
@@ -20,7 +21,7 @@ from ._core._dispatch import CANCELLED, DONE, Dispatcher, Job, PoolConfig
 from ._exceptions import PoolClosedError, SerializationError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Coroutine, Generator
+    from collections.abc import Generator
     from types import TracebackType
 
     from ._core._loop import Backend, Future, Handle
@@ -70,7 +71,7 @@ class Task(Generic[T_co]):
         self._callbacks: list[Callable[[Task[T_co]], object]] | None = None
 
     def __await__(self) -> Generator[Any, None, T_co]:
-        return self._dispatcher.wait(self._job).__await__()  # type: ignore[no-any-return]
+        return self._dispatcher.wait(self._job).__await__()
 
     def cancel(self) -> bool:
         """Cancel the task: a queued one never starts, a running one is stopped.
@@ -113,7 +114,7 @@ class Task(Generic[T_co]):
         """Call ``callback(task)`` from the event loop once the task is done."""
         backend = self._dispatcher.backend
         if self._job.finished():
-            backend.call_soon(lambda: callback(self))
+            backend.call_soon(functools.partial(callback, self))
             return
         if self._callbacks is None:
             self._callbacks = []
@@ -121,7 +122,7 @@ class Task(Generic[T_co]):
 
             def notify(_: Job) -> None:
                 for cb in callbacks:
-                    backend.call_soon(lambda cb=cb: cb(self))
+                    backend.call_soon(functools.partial(cb, self))
 
             self._job.notify = notify
         self._callbacks.append(callback)
@@ -184,7 +185,9 @@ class ProcessPool:
             or not task_timeout > 0
             or math.isinf(task_timeout)
         ):
-            raise ValueError(f"task_timeout must be a positive number of seconds or None; got {task_timeout!r}")
+            raise ValueError(
+                f"task_timeout must be a positive number of seconds or None; got {task_timeout!r}"
+            )
         if start_method is None:
             start_method = _spawn.default_start_method()
         if start_method not in _spawn.START_METHODS:
@@ -194,6 +197,7 @@ class ProcessPool:
             )
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable; got {initializer!r}")
+        self._max_workers = max_workers
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._settings = dict(
@@ -211,7 +215,7 @@ class ProcessPool:
 
     @property
     def max_workers(self) -> int:
-        return int(self._settings["max_workers"])  # type: ignore[call-overload]
+        return self._max_workers
 
     def _engine(self) -> Dispatcher:
         dispatcher = self._dispatcher
@@ -539,6 +543,7 @@ class MapIterator(Generic[T]):
         slots = d.config.max_workers * d.config.concurrency
         self._window = max(2, 2 * slots)
         self._inflight: dict[int, Job] = {}
+        self._order: dict[int, int] = {}  # job id -> position in the input (imap)
         self._submitted_at: dict[int, float] = {}
         self._finished: collections.deque[int] = collections.deque()
         self._next_seq = 0
@@ -548,6 +553,7 @@ class MapIterator(Generic[T]):
         self._exhausted = False
         self._source_error: BaseException | None = None
         self._waiter: Future | None = None
+        self._room: Future | None = None  # the feeder waits on it for a free slot
         self._feeder: Handle | None = None
         self._closed = False
 
@@ -580,13 +586,6 @@ class MapIterator(Generic[T]):
         if self._ordered:
             self._order[job.id] = self._next_seq
         self._next_seq += 1
-
-    @property
-    def _order(self) -> dict[int, int]:
-        order = self.__dict__.get("_order_map")
-        if order is None:
-            order = self.__dict__["_order_map"] = {}
-        return order  # type: ignore[no-any-return]
 
     def _fill(self) -> None:
         """Top up the window from a sync source."""
@@ -638,9 +637,11 @@ class MapIterator(Generic[T]):
         self._wake()
 
     def _adapt(self, job_id: int) -> None:
+        """Grow chunks while they come back fast, shrink them when they are slow."""
+        submitted = self._submitted_at.pop(job_id, 0.0)
         if not self._adaptive:
             return
-        elapsed = self._d.backend.time() - self._submitted_at.pop(job_id, 0.0)
+        elapsed = self._d.backend.time() - submitted
         if elapsed < 0.002:
             self._size = min(self._size * 2, _MAX_CHUNK)
         elif elapsed > 0.05 and self._size > 1:
@@ -668,8 +669,8 @@ class MapIterator(Generic[T]):
             job = self._take()
             if job is not None:
                 self._order.pop(job.id, None)
-                self._submitted_at.pop(job.id, None) if not self._adaptive else self._adapt(job.id)
-                room = self.__dict__.get("_room")
+                self._adapt(job.id)
+                room = self._room
                 if room is not None and not room.done():
                     room.set_result(None)
                 if job.state != DONE:
@@ -840,7 +841,9 @@ def _keep_until_loop_ends(backend: Backend, pool: ProcessPool) -> None:
     backend.start_task(keeper)
 
 
-async def run(fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+async def run(
+    fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+) -> T:
     """Run ``fn(*args, **kwargs)`` on the default pool of the running event loop.
 
     The default pool is created on first use, with one worker per CPU, and shut down with

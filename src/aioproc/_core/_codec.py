@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from typing import Any
 
 from .._exceptions import RemoteError, RemoteTraceback, SerializationError
 
@@ -58,7 +57,7 @@ def dumps(obj: object) -> bytes:
     try:
         data = _pickle_dumps(obj, _PROTOCOL)
     except Exception:
-        data = None
+        pass
     else:
         if _MAIN not in data:
             return data

@@ -558,9 +558,7 @@ class Dispatcher:
                 try:
                     value = _codec.loads(msg.value)
                 except Exception as exc:
-                    self._fail(
-                        job, SerializationError(f"cannot rebuild the result: {exc!r}")
-                    )
+                    self._fail(job, SerializationError(f"cannot rebuild the result: {exc!r}"))
                 else:
                     self._succeed(job, value)
         elif isinstance(msg, _wire.Failed):
@@ -614,9 +612,7 @@ class Dispatcher:
     def _output(self, worker: _Worker, msg: _wire.Output) -> None:
         decoder = worker.decoders.get(msg.fd)
         if decoder is None:
-            decoder = worker.decoders[msg.fd] = codecs.getincrementaldecoder("utf-8")(
-                "replace"
-            )
+            decoder = worker.decoders[msg.fd] = codecs.getincrementaldecoder("utf-8")("replace")
         text = decoder.decode(msg.data)
         stream = sys.stdout if msg.fd == 1 else sys.stderr
         if stream is not None and text:
@@ -767,7 +763,7 @@ class Dispatcher:
         pending: list[Future] = []
         for worker in list(self.workers):
             waiter = self.backend.create_future()
-            worker.exited.append(lambda w=waiter: w.done() or w.set_result(None))
+            worker.exited.append(_setter(waiter))
             pending.append(waiter)
             worker.accepting = False
             worker.replaced = True
@@ -831,6 +827,14 @@ class Dispatcher:
 
     def queued(self) -> int:
         return sum(1 for job in self.queue if job.state == QUEUED)
+
+
+def _setter(waiter: Future) -> Callable[[], None]:
+    def set_done() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    return set_done
 
 
 def _died(pid: int, code: int | None) -> WorkerDiedError:

@@ -80,7 +80,8 @@ def main() -> NoReturn:
                 try:
                     pid = os.fork()
                 except OSError as exc:
-                    sock.sendall((-exc.errno).to_bytes(8, "little", signed=True))
+                    errno = exc.errno or 1
+                    sock.sendall((-errno).to_bytes(8, "little", signed=True))
                     for fd in fds:
                         os.close(fd)
                     continue

@@ -17,14 +17,16 @@ import logging
 import math
 import sys
 import weakref
-from collections.abc import Callable, Coroutine, Generator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Generator
 
 __all__ = ("Backend", "Future", "Handle", "current_backend")
 
 
 class Handle(Protocol):
-    def cancel(self) -> None: ...
+    def cancel(self) -> object: ...
 
 
 class Future(Protocol):
@@ -41,12 +43,12 @@ class Future(Protocol):
 class Backend(Protocol):
     name: str
 
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
-    def remove_reader(self, fd: int) -> None: ...
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None: ...
-    def remove_writer(self, fd: int) -> None: ...
-    def call_soon(self, callback: Callable[[], None]) -> None: ...
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle: ...
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> object: ...
+    def remove_reader(self, fd: int) -> object: ...
+    def add_writer(self, fd: int, callback: Callable[[], object]) -> object: ...
+    def remove_writer(self, fd: int) -> object: ...
+    def call_soon(self, callback: Callable[[], object]) -> object: ...
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Handle: ...
     def create_future(self) -> Future: ...
     def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle: ...
     def time(self) -> float: ...
@@ -165,7 +167,7 @@ class _TrioHandle:
 class _TimerHandle:
     __slots__ = ("callback", "cancelled")
 
-    def __init__(self, callback: Callable[[], None]) -> None:
+    def __init__(self, callback: Callable[[], object]) -> None:
         self.callback = callback
         self.cancelled = False
 
@@ -212,7 +214,7 @@ class TrioBackend:
         self._trio.lowlevel.spawn_system_task(runner)
         return _TrioHandle(scope)
 
-    def _watch(self, fd: int, callback: Callable[[], None], writable: bool) -> Any:
+    def _watch(self, fd: int, callback: Callable[[], object], writable: bool) -> Any:
         trio = self._trio
         wait = trio.lowlevel.wait_writable if writable else trio.lowlevel.wait_readable
         scope = trio.CancelScope()
@@ -229,7 +231,7 @@ class TrioBackend:
         trio.lowlevel.spawn_system_task(watcher)
         return scope
 
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
         self.remove_reader(fd)
         self._readers[fd] = self._watch(fd, callback, writable=False)
 
@@ -238,7 +240,7 @@ class TrioBackend:
         if scope is not None:
             scope.cancel()
 
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_writer(self, fd: int, callback: Callable[[], object]) -> None:
         self.remove_writer(fd)
         self._writers[fd] = self._watch(fd, callback, writable=True)
 
@@ -247,7 +249,7 @@ class TrioBackend:
         if scope is not None:
             scope.cancel()
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Handle:
         handle = _TimerHandle(callback)
         deadline = self.time() + max(delay, 0.0)
         heapq.heappush(self._timers, (deadline, next(self._seq), handle))
@@ -273,7 +275,7 @@ class TrioBackend:
                 await self._timer_wake.wait()
 
 
-def _guard(callback: Callable[[], None]) -> None:
+def _guard(callback: Callable[[], object]) -> None:
     # An exception escaping a trio system task would crash the whole run; the dispatcher's
     # callbacks do not raise, and if one ever does, it is logged like asyncio would.
     try:
@@ -313,9 +315,7 @@ def current_backend() -> Backend:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        raise RuntimeError(
-            "aioproc needs a running event loop (asyncio, uvloop or trio)"
-        ) from None
+        raise RuntimeError("aioproc needs a running event loop (asyncio, uvloop or trio)") from None
     backend_ = _asyncio_backends.get(loop)
     if backend_ is None:
         backend_ = _asyncio_backends[loop] = AsyncioBackend(loop)

@@ -183,9 +183,7 @@ def start_process(method: str, task_r: int, result_w: int) -> ProcessHandle:
             return _spawn(task_r, result_w)
         if method == "fork":
             return _fork(task_r, result_w)
-        raise ValueError(
-            f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}"
-        )
+        raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}")
     finally:
         os.close(task_r)
         os.close(result_w)

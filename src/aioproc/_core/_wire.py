@@ -49,7 +49,7 @@ MAX_FRAME = 1 << 30
 _HEADER = 4
 
 
-class _Msg(msgspec.Struct, array_like=True, gc=False, frozen=True, tag_field="k"):
+class _Msg(msgspec.Struct, array_like=True, gc=False, tag_field="k"):
     pass
 
 
@@ -162,7 +162,20 @@ class InitFailed(_Msg, tag=23):
 
 
 Message = (
-    Define | Call | Cancel | Ack | Drop | Stop | Config | Ready | Done | Failed | Item | End | Output | Log
+    Define
+    | Call
+    | Cancel
+    | Ack
+    | Drop
+    | Stop
+    | Config
+    | Ready
+    | Done
+    | Failed
+    | Item
+    | End
+    | Output
+    | Log
     | InitFailed
 )
 
@@ -172,7 +185,7 @@ MODE_STARMAP = 2  # [fn(*a) for a in items] -> list
 MODE_STREAM = 3  # fn(*args, **kwargs) is a (async) generator -> Item... End
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)  # type: ignore[arg-type]
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
 def encode_into(msg: Message, buf: bytearray) -> None:
