@@ -1,0 +1,189 @@
+"""Workers never outlive their parent, their pool, or the interpreter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from aioproc._core import _spawn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
+def _wait_gone(pids: list[int], deadline: float) -> list[int]:
+    """Pids whose process (or process group) is still alive once `deadline` (monotonic)
+    has passed, or none once all are gone."""
+    while True:
+        alive = [pid for pid in pids if _alive(pid) or _group_alive(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _script(body: str) -> list[str]:
+    code = textwrap.dedent(body)
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_workers_die_with_a_killed_parent(start_method: str, busy: bool) -> None:
+    child = subprocess.Popen(
+        _script(
+            f"""
+            import asyncio, os, sys, time
+            import aioproc
+            from aioproc._core import _spawn
+
+            def spin():
+                os.fork() == 0 and time.sleep(60)  # a grandchild too
+                while True:
+                    pass
+
+            async def main():
+                async with aioproc.ProcessPool(2, start_method={start_method!r}) as pool:
+                    pids = list(pool.statistics().pids)
+                    server = _spawn._forkserver
+                    if server is not None:
+                        pids.append(server.pid)
+                    if {busy}:
+                        pool.submit(spin)
+                        pool.submit(spin)
+                        await asyncio.sleep(0.3)
+                    print(*pids, flush=True)
+                    await asyncio.sleep(60)
+
+            asyncio.run(main())
+            """
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout is not None
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) >= 2
+        assert all(_alive(pid) for pid in pids)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # FAULTS.md: gone within 2 s of the parent's death.
+        assert _wait_gone(pids, time.monotonic() + 2.0) == []
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def test_an_unclosed_pool_ends_with_the_interpreter() -> None:
+    done = subprocess.run(
+        _script(
+            """
+            import asyncio, aioproc
+
+            async def main():
+                pool = aioproc.ProcessPool(2)
+                print(await pool.apply(abs, -3))
+                print(await aioproc.run(abs, -4))
+                print(*pool.statistics().pids, flush=True)
+
+            asyncio.run(main())
+            """
+        ),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["3", "4"]
+    pids = [int(p) for p in lines[2].split()]
+    assert _wait_gone(pids, time.monotonic() + 2.0) == []
+    assert "Traceback" not in done.stderr
+
+
+def test_scripts_need_no_main_guard_and_main_functions_work(tmp_path: Path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, aioproc
+            from dataclasses import dataclass
+
+            @dataclass
+            class Point:
+                x: int
+                y: int
+
+            def norm1(p):
+                return Point(abs(p.x), abs(p.y))
+
+            print("top level runs once")
+
+            async def main():
+                async with aioproc.ProcessPool(2, start_method="spawn") as pool:
+                    back = await pool.apply(norm1, Point(-1, 2))
+                    print(back == Point(1, 2), type(back) is Point)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["top level runs once", "True True"]
+
+
+def test_forked_children_do_not_keep_aioproc_fds() -> None:
+    r, w = os.pipe()
+    _spawn.register_fds(w)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.fstat(w)
+            except OSError:
+                os._exit(0)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        _spawn.unregister_fds(w)
+        os.close(r)
+        os.close(w)
