@@ -317,6 +317,18 @@ async def test_async_task_cancelled_inside_a_concurrent_worker() -> None:
         assert pool.statistics().pids == (pid,)
 
 
+async def test_task_ignoring_cancellation_in_a_concurrent_worker_is_killed() -> None:
+    async with aioproc.ProcessPool(1, concurrency=2) as pool:
+        (pid,) = pool.statistics().pids
+        with anyio.move_on_after(0.2):
+            await pool.apply(tasks.sleep_forever)  # a plain function: cannot be cancelled
+        with anyio.fail_after(10):
+            while pool.statistics().restarts == 0:
+                await anyio.sleep(0.05)
+        assert await pool.apply(tasks.double, 2) == 4
+        assert pool.statistics().pids != (pid,)
+
+
 @pytest.mark.parametrize(
     ("fn", "args", "expected"),
     [

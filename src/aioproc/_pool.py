@@ -322,7 +322,15 @@ class ProcessPool:
         """
         d, job = self._job(fn, args, kwargs)
         d.submit(job)
-        return await d.wait(job)  # type: ignore[no-any-return]
+        # Dispatcher.wait, inlined: this is the hottest path of the library.
+        if not job.finished():
+            waiter = job.waiter = d.backend.create_future()
+            try:
+                await waiter
+            except BaseException:
+                d.cancel(job)
+                raise
+        return job.outcome()  # type: ignore[no-any-return]
 
     def submit(
         self, fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs

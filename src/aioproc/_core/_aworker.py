@@ -100,8 +100,10 @@ class _AsyncServer:
         try:
             async with self.slots:
                 answer = await self.execute(msg)
-        except asyncio.CancelledError:
-            answer = None  # the parent has already settled this call
+        except asyncio.CancelledError as exc:
+            # The parent has settled this call already; the reply only tells it that the
+            # task did stop, so it need not kill this worker.
+            answer = _wire.Failed(msg.id, _codec.dumps_error(exc))
         finally:
             self.tasks.pop(msg.id, None)
             worker.done += 1

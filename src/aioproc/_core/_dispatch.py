@@ -34,6 +34,8 @@ Tunables:
   Tiny tasks need a few in the pipe so the worker never waits a round trip; long tasks
   want none, so that a free worker is never starved while another holds a backlog.
 - ``_FAST_TASK``: service time below which a task counts as tiny.
+- ``_CANCEL_GRACE``: how long a coroutine task cancelled in a ``concurrency > 1`` worker may
+  take to stop before the worker is killed (a sync function there cannot be interrupted).
 - ``_STOP_GRACE``: how long a closing pool waits for a stopped worker before killing it.
 """
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -66,6 +69,7 @@ _PREFETCH_FAST = 32
 _PREFETCH_SLOW = 0
 _FAST_TASK = 0.0005
 _STOP_GRACE = 5.0
+_CANCEL_GRACE = 2.0
 _FUNCTION_CACHE = 256
 
 _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType)
@@ -171,6 +175,7 @@ class _Worker:
     __slots__ = (
         "accepting",
         "assigned",
+        "cancelling",
         "decoders",
         "exited",
         "flush_pending",
@@ -202,6 +207,7 @@ class _Worker:
         self.replaced = False
         self.exited: list[Callable[[], None]] = []
         self.decoders: dict[int, codecs.IncrementalDecoder] = {}
+        self.cancelling: dict[int, Handle] = {}  # job id -> grace timer (Cancel sent)
 
 
 class Dispatcher:
@@ -286,19 +292,62 @@ class Dispatcher:
         else:
             self.restarts += 1
 
-    def _kill(self, worker: _Worker) -> None:
-        """Kill a worker: what never started goes back to the queue; start a replacement."""
+    def _kill(self, worker: _Worker, running: int = 0, why: str = "") -> None:
+        """Kill a worker and start a replacement.
+
+        The first ``running`` of its jobs were running: they fail (or are retried), like
+        the tasks of a worker that died; the rest never started and go back to the queue.
+        """
         worker.accepting = False
-        jobs = worker.jobs
-        if jobs:
-            self._requeue([j for j in jobs.values() if not j.finished()])
-            jobs.clear()
+        jobs = [j for j in worker.jobs.values() if not j.finished()]
+        worker.jobs.clear()
+        retry: list[Job] = []
+        for job in jobs[:running]:
+            if job.retries > 0:
+                job.retries -= 1
+                retry.append(job)
+            else:
+                self._fail(job, WorkerDiedError(f"the worker process (pid {worker.pid}) {why}"))
+        self._requeue(retry + jobs[running:])
         worker.proc.kill()
         self._replace(worker)
+
+    def _stop_running(self, worker: _Worker, job_id: int) -> None:
+        """Stop a running job that was cancelled or timed out (already out of ``jobs``).
+
+        A worker running one task at a time is killed: nothing else of value runs there. A
+        worker running coroutines cancels that one coroutine in place, and is killed only
+        if the task has not stopped within ``_CANCEL_GRACE``.
+        """
+        if self.config.concurrency == 1:
+            self._kill(worker)
+            return
+        self.send_control(worker, _wire.Cancel(job_id))
+        worker.cancelling[job_id] = self.backend.call_later(
+            _CANCEL_GRACE, functools.partial(self._cancel_overdue, worker, job_id)
+        )
+
+    def _cancel_overdue(self, worker: _Worker, job_id: int) -> None:
+        if worker.cancelling.pop(job_id, None) is not None and worker.accepting:
+            _log.warning(
+                "task %d ignored cancellation for %.0f s; killing worker %d",
+                job_id,
+                _CANCEL_GRACE,
+                worker.pid,
+            )
+            self._kill(
+                worker,
+                running=self.config.concurrency - 1,
+                why="was killed because a cancelled task on it did not stop",
+            )
+            self._pump()
 
     def _on_exit(self, worker: _Worker) -> None:
         backend = self.backend
         backend.remove_reader(worker.proc.sentinel)
+        for timer in worker.cancelling.values():
+            timer.cancel()
+        worker.cancelling.clear()
         # Results written just before the end are still in the pipe: route them first.
         self._drain(worker)
         code = worker.proc.reap()
@@ -551,6 +600,10 @@ class Dispatcher:
         return True
 
     def _route(self, worker: _Worker, msg: _wire.Message) -> None:
+        if worker.cancelling and isinstance(msg, _wire.Done | _wire.Failed | _wire.End):
+            timer = worker.cancelling.pop(msg.id, None)
+            if timer is not None:
+                timer.cancel()  # the cancelled task did stop
         if isinstance(msg, _wire.Done):
             job = worker.jobs.pop(msg.id, None)
             if job is not None:
@@ -664,10 +717,7 @@ class Dispatcher:
             position = list(worker.jobs).index(job.id)
             del worker.jobs[job.id]
             if position < self.config.concurrency:
-                if self.config.concurrency > 1:
-                    self.send_control(worker, _wire.Cancel(job.id))
-                else:
-                    self._kill(worker)
+                self._stop_running(worker, job.id)
             else:
                 # Still in the worker's pipe, not started: the worker skips it.
                 self.send_control(worker, _wire.Cancel(job.id))
@@ -681,10 +731,7 @@ class Dispatcher:
         worker = job.worker
         self._fail(job, TimeoutError(f"the task ran longer than its timeout of {job.timeout} s"))
         if worker is not None and worker.jobs.pop(job.id, None) is not None:
-            if self.config.concurrency > 1:
-                self.send_control(worker, _wire.Cancel(job.id))
-            else:
-                self._kill(worker)
+            self._stop_running(worker, job.id)
         self._pump()
 
     def _requeue(self, jobs: list[Job]) -> None:
