@@ -71,6 +71,12 @@ def hang_then_touch(path: str, release: str) -> None:
     Path(path).touch()
 
 
+def block_unless_zero(x: int) -> int:
+    if x:
+        sleep_forever()
+    return x
+
+
 def touch(path: str) -> str:
     Path(path).touch()
     return path

@@ -217,6 +217,32 @@ async def test_breaking_out_of_imap_cancels_the_rest(tmp_path: Path) -> None:
         assert await pool.apply(tasks.double, 2) == 4
 
 
+async def test_break_out_of_imap_cancels_running_work() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        async for y in pool.imap(tasks.block_unless_zero, [0, 1, 2], chunksize=1):
+            assert y == 0
+            break  # item 1 is running (forever) on the only worker
+        # Only a cancelled item 1 (its worker killed and replaced) lets this run.
+        with anyio.fail_after(20):
+            assert await pool.apply(tasks.double, 5) == 10
+        assert pool.statistics().restarts == 1
+
+
+async def test_idle_pool_burns_no_cpu() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        await pool.map(tasks.double, range(10))
+        before = [_cpu_ticks(pid) for pid in pool.statistics().pids]
+        await anyio.sleep(1.0)  # measuring idleness, not waiting for an outcome
+        after = [_cpu_ticks(pid) for pid in pool.statistics().pids]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [0, 0]
+
+
+def _cpu_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
 async def test_imap_error_ends_iteration() -> None:
     async with aioproc.ProcessPool(2) as pool:
         seen = []

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import math
 import os
-import sys
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -587,7 +586,7 @@ class MapIterator(Generic[T]):
         mode = _wire.MODE_MAP
         job = _chunk_job(self._d, self._fn_id, chunk, self._start, mode)
         self._start += len(chunk)
-        job.notify = self._on_done
+        job.notify = _weak(self._on_done)
         self._d.submit(job)
         self._inflight[job.id] = job
         self._submitted_at[job.id] = self._d.backend.time()
@@ -615,34 +614,12 @@ class MapIterator(Generic[T]):
             if self._exhausted:
                 return
 
-    async def _feed(self) -> None:
-        """Feeder task for an async source: keeps the window full as items arrive."""
-        source = self._async
-        assert source is not None
-        try:
-            while not self._closed:
-                while len(self._inflight) >= self._window:
-                    room = self._d.backend.create_future()
-                    self._room = room
-                    await room
-                chunk: list[Any] = []
-                try:
-                    while len(chunk) < self._size:
-                        chunk.append(await source.__anext__())
-                except StopAsyncIteration:
-                    self._exhausted = True
-                if chunk and not self._closed:
-                    self._submit(chunk)
-                if self._exhausted:
-                    break
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError) and not _is_cancel(exc):
-                self._source_error = exc
-            self._exhausted = True
-            if not isinstance(exc, Exception):
-                self._wake()
-                raise
-        self._wake()
+    def _room_waiter(self) -> Future | None:
+        """A future to wait on while the window is full, else None."""
+        if len(self._inflight) < self._window:
+            return None
+        room = self._room = self._d.backend.create_future()
+        return room
 
     def _adapt(self, job_id: int) -> None:
         """Grow chunks while they come back fast, shrink them when they are slow."""
@@ -687,7 +664,9 @@ class MapIterator(Generic[T]):
                 self._buffer.extend(job.value)
                 continue
             if self._async is not None and self._feeder is None and not self._exhausted:
-                self._feeder = self._d.backend.start_task(self._feed)
+                self._feeder = self._d.backend.start_task(
+                    functools.partial(_feed, weakref.ref(self), self._async)
+                )
             self._fill()
             if not self._inflight and self._exhausted:
                 error = self._source_error
@@ -701,7 +680,7 @@ class MapIterator(Generic[T]):
             try:
                 await waiter
             except BaseException:
-                await _shielded_close(self)
+                self._cancel_inflight()
                 raise
 
     def _cancel_inflight(self) -> None:
@@ -725,13 +704,66 @@ class MapIterator(Generic[T]):
                 self._d.backend.call_soon(self._cancel_inflight)
 
 
-async def _shielded_close(it: MapIterator[Any] | StreamIterator[Any]) -> None:
-    it._cancel_inflight()
+def _weak(method: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``method`` without a strong reference to its object.
+
+    The dispatcher holds jobs, and jobs hold their callbacks: a strong reference would keep
+    an iterator the user dropped (a ``break``) alive, and its work running, for as long as
+    the work runs.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(arg: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(arg)
+
+    return call
 
 
-def _is_cancel(exc: BaseException) -> bool:
-    trio = sys.modules.get("trio")
-    return trio is not None and isinstance(exc, trio.Cancelled)
+async def _feed(ref: weakref.ref[MapIterator[Any]], source: AsyncIterator[Any]) -> None:
+    """Feeder task for an async source: keeps the window of an imap full as items arrive.
+
+    It holds the iterator only by weak reference between steps, so a dropped iterator is
+    collected (and its work cancelled) even while the feeder waits for input.
+    """
+    try:
+        while True:
+            it = ref()
+            if it is None or it._closed:
+                return
+            room = it._room_waiter()
+            size = it._size
+            del it
+            if room is not None:
+                await room
+                continue
+            chunk: list[Any] = []
+            exhausted = False
+            try:
+                while len(chunk) < size:
+                    chunk.append(await source.__anext__())
+            except StopAsyncIteration:
+                exhausted = True
+            it = ref()
+            if it is None or it._closed:
+                return
+            if chunk:
+                it._submit(chunk)
+            if exhausted:
+                it._exhausted = True
+                it._wake()
+                return
+            del it
+    except BaseException as exc:
+        it = ref()
+        if it is not None:
+            if isinstance(exc, Exception):
+                it._source_error = exc
+            it._exhausted = True
+            it._wake()
+        if not isinstance(exc, Exception):
+            raise
 
 
 _ACK_EVERY = 32  # half of the worker's STREAM_WINDOW
@@ -747,8 +779,7 @@ class StreamIterator(Generic[T]):
         self._waiter: Future | None = None
         self._consumed = 0
         self._closed = False
-        job.on_item = self._on_item
-        job.notify = self._on_item
+        job.on_item = job.notify = _weak(self._on_item)
         d.submit(job)
 
     def __aiter__(self) -> StreamIterator[T]:
