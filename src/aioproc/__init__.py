@@ -2,7 +2,16 @@
 
 Pools, processes, queues, locks and shared memory for asyncio, uvloop and trio code, with
 cancellation that stops work, timeouts, and workers that fail one task and heal.
+
+The errors are imported eagerly; everything else on first access (PEP 562). A worker
+process imports ``aioproc._core`` and must not pay for the public API it never uses (the
+pool alone pulls in asyncio, some 40 ms of a spawned worker's start-up).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import AioprocError as AioprocError
 from ._exceptions import ClosedResourceError as ClosedResourceError
@@ -15,12 +24,14 @@ from ._exceptions import SerializationError as SerializationError
 from ._exceptions import ValidationError as ValidationError
 from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._exceptions import WouldBlock as WouldBlock
-from ._pool import MapIterator as MapIterator
-from ._pool import PoolStatistics as PoolStatistics
-from ._pool import ProcessPool as ProcessPool
-from ._pool import StreamIterator as StreamIterator
-from ._pool import Task as Task
-from ._pool import run as run
+
+if TYPE_CHECKING:
+    from ._pool import MapIterator as MapIterator
+    from ._pool import PoolStatistics as PoolStatistics
+    from ._pool import ProcessPool as ProcessPool
+    from ._pool import StreamIterator as StreamIterator
+    from ._pool import Task as Task
+    from ._pool import run as run
 
 __version__ = "0.1.0"
 
@@ -44,14 +55,24 @@ __all__ = (
     "run",
 )
 
+_LAZY = {
+    "MapIterator": "._pool",
+    "PoolStatistics": "._pool",
+    "ProcessPool": "._pool",
+    "StreamIterator": "._pool",
+    "Task": "._pool",
+    "run": "._pool",
+}
 
-def _at_exit() -> None:
-    from ._core import _dispatch, _spawn
 
-    _dispatch.terminate_all()
-    _spawn.shutdown_forkserver()
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aioproc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
-import atexit as _atexit  # noqa: E402
-
-_atexit.register(_at_exit)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

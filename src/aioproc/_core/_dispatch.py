@@ -41,6 +41,7 @@ Tunables:
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import collections
 import contextlib
@@ -919,7 +920,11 @@ _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 
 def terminate_all() -> None:
-    """Kill every worker of every pool still open (interpreter exit)."""
+    """Kill every worker of every pool still open, then the fork server (at exit)."""
     for dispatcher in list(_live):
         with contextlib.suppress(Exception):
             dispatcher.terminate_sync()
+    _spawn.shutdown_forkserver()
+
+
+atexit.register(terminate_all)

@@ -24,11 +24,9 @@ from typing import NoReturn
 
 def main() -> NoReturn:
     sock = socket.socket(fileno=int(sys.argv[1]))
-    # Warm the forks: everything a worker imports is imported once, here, along with the
-    # package itself and cloudpickle (functions from __main__ arrive by value).
+    # Warm the forks: everything a worker imports is imported once, here, and cloudpickle
+    # too (functions from __main__ arrive by value and need it to load).
     import cloudpickle  # noqa: F401
-
-    import aioproc  # noqa: F401
 
     from . import _worker
 
