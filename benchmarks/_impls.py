@@ -230,7 +230,7 @@ IMPLS: dict[str, Impl] = {
     for impl in (
         Impl(
             name="aioproc",
-            imports=("aioproc",),
+            imports=("aioproc", "aioproc._pool"),
             distribution="aioproc",
             about="aioproc.ProcessPool: await pool.apply / pool.map",
             open_pool=_open_aioproc,

@@ -79,6 +79,12 @@ def _child_env() -> dict[str, str]:
     paths = [str(ROOT)]
     if (ROOT / "src" / "aioproc").is_dir():
         paths.insert(0, str(ROOT / "src"))
+        # Installed packages (the peers) come with their bytecode compiled; a source
+        # checkout may not (PYTHONDONTWRITEBYTECODE), and its workers would then compile
+        # aioproc at every start. Compile it once, as pip does for an installed package.
+        import compileall
+
+        compileall.compile_dir(str(ROOT / "src" / "aioproc"), quiet=1)
     if existing := os.environ.get("PYTHONPATH"):
         paths.append(existing)
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
