@@ -193,6 +193,16 @@ async def test_imap_consumes_lazily_with_backpressure() -> None:
         assert await pool.apply(tasks.double, 1) == 2
 
 
+async def test_imap_over_a_huge_range_stays_bounded() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        seen = []
+        async for y in pool.imap(tasks.double, range(10**12)):
+            seen.append(y)
+            if len(seen) == 5:
+                break
+        assert seen == [0, 2, 4, 6, 8]
+
+
 async def test_imap_async_source_streams_results_before_the_input_ends() -> None:
     send, receive = anyio.create_memory_object_stream[int](10)
     async with aioproc.ProcessPool(2) as pool, receive:

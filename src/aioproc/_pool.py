@@ -544,7 +544,9 @@ class MapIterator(Generic[T]):
             self._sync = iter(iterable)
             if chunksize is None and hasattr(iterable, "__len__"):
                 n = len(iterable)  # type: ignore[arg-type]
-                chunksize = _default_chunksize(n, d.config.max_workers * d.config.concurrency)
+                slots = d.config.max_workers * d.config.concurrency
+                # Capped: imap promises bounded memory even over range(10**9).
+                chunksize = min(_default_chunksize(n, slots), _MAX_CHUNK)
             self._size = chunksize or 1
             self._adaptive = chunksize is None
         slots = d.config.max_workers * d.config.concurrency

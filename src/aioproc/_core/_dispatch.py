@@ -447,7 +447,8 @@ class Dispatcher:
         if self.broken is not None:
             raise PoolClosedError("the pool is broken") from self.broken
         job.id = next(self._ids)
-        job.retries = self.config.retries
+        # A stream that already delivered items cannot be replayed without duplicates.
+        job.retries = 0 if job.mode == _wire.MODE_STREAM else self.config.retries
         if job.timeout is None:
             job.timeout = self.config.task_timeout
         self.queue.append(job)

@@ -1,0 +1,122 @@
+"""Every complete script in the documentation runs and exits cleanly.
+
+A fenced ```python block counts as a complete script when it starts an event loop itself
+(it contains ``asyncio.run(``, ``anyio.run(``, ``trio.run(`` or ``uvloop.run(``); other
+blocks are fragments and are only read. Each script runs in a fresh interpreter, in a
+temporary directory, and must exit with status 0.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+RUN_MARKERS = ("asyncio.run(", "anyio.run(", "trio.run(", "uvloop.run(")
+TIMEOUT = 120
+
+# An opening fence (``` or ~~~, possibly indented), its info string, and the closing fence.
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
+
+
+class Snippet(NamedTuple):
+    path: Path
+    number: int  # 1-based among the file's python blocks
+    line: int  # line of the opening fence
+    code: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.name}:{self.number}"
+
+
+def python_blocks(path: Path) -> list[Snippet]:
+    """Every fenced block whose info string starts with ``python`` or ``py``."""
+    blocks: list[Snippet] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        opening = _FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        fence = opening["fence"]
+        language = opening["info"].split()[0].lower() if opening["info"].strip() else ""
+        body: list[str] = []
+        end = index + 1
+        while end < len(lines):
+            closing = _FENCE.match(lines[end])
+            if (
+                closing is not None
+                and closing["fence"][0] == fence[0]
+                and len(closing["fence"]) >= len(fence)
+                and not closing["info"].strip()
+            ):
+                break
+            body.append(lines[end])
+            end += 1
+        if language in ("python", "py", "python3"):
+            code = textwrap.dedent("\n".join(body)) + "\n"
+            blocks.append(Snippet(path, len(blocks) + 1, index + 1, code))
+        index = end + 1
+    return blocks
+
+
+def runnable(snippet: Snippet) -> bool:
+    return any(marker in snippet.code for marker in RUN_MARKERS)
+
+
+SNIPPETS = [s for path in DOCUMENTS if path.exists() for s in python_blocks(path) if runnable(s)]
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.id for s in SNIPPETS])
+def test_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
+    script = tmp_path / f"{snippet.path.stem}_{snippet.number}.py"
+    script.write_text(snippet.code, encoding="utf-8")
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(
+            f"{snippet.path.name} line {snippet.line}: still running after {TIMEOUT} s\n"
+            f"--- stdout ---\n{exc.stdout}\n--- stderr ---\n{exc.stderr}"
+        )
+    assert done.returncode == 0, (
+        f"{snippet.path.name} line {snippet.line} exited with {done.returncode}\n"
+        f"--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr}"
+    )
+
+
+def test_the_guides_have_runnable_snippets() -> None:
+    found = {s.path.name for s in SNIPPETS}
+    assert {"index.md", "pools.md"} <= found, f"no runnable snippet found in: {found}"
+
+
+def test_fences_are_read_correctly(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "text\n"
+        "```python\nimport asyncio\nasyncio.run(main())\n```\n"
+        "```bash\npython -c 'asyncio.run(x)'\n```\n"
+        "  ```python\n  x = 1\n  ```\n"
+        "````markdown\n```python\nnot a block of its own\n```\n````\n"
+    )
+    blocks = python_blocks(doc)
+    assert [(b.number, b.line, b.code) for b in blocks] == [
+        (1, 2, "import asyncio\nasyncio.run(main())\n"),
+        (2, 9, "x = 1\n"),
+    ]
+    assert [runnable(b) for b in blocks] == [True, False]
