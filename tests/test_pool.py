@@ -244,7 +244,9 @@ async def test_idle_pool_burns_no_cpu() -> None:
         before = [_cpu_ticks(pid) for pid in pool.statistics().pids]
         await anyio.sleep(1.0)  # measuring idleness, not waiting for an outcome
         after = [_cpu_ticks(pid) for pid in pool.statistics().pids]
-    assert [b - a for a, b in zip(before, after, strict=True)] == [0, 0]
+    # Nothing wakes while idle. One clock tick of slack per worker: the kernel may charge a
+    # tick to the last microseconds of the map's work when it samples.
+    assert all(b - a <= 1 for a, b in zip(before, after, strict=True))
 
 
 def _cpu_ticks(pid: int) -> int:
