@@ -211,3 +211,7 @@ def count_pulled(counter: list[int], n: int) -> Any:
     for i in range(n):
         counter[0] += 1
         yield i
+
+
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)

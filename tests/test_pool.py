@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,48 @@ async def test_task_cancel_and_queued_task_never_starts(tmp_path: Path) -> None:
             await queued
 
 
+async def test_cancelled_task_sent_ahead_never_starts(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    marker = tmp_path / "ran"
+    async with aioproc.ProcessPool(1) as pool:
+        for i in range(50):  # tiny tasks: the pool starts handing work out ahead
+            await pool.apply(tasks.double, i)
+        blocker = pool.submit(tasks.wait_for_file, str(release))
+        ahead = pool.submit(tasks.touch, str(marker))
+        await anyio.sleep(0.2)  # both reach the worker's pipe
+        assert ahead.cancel()
+        release.touch()
+        assert await blocker == str(release)
+        assert await pool.apply(tasks.double, 1) == 2
+        assert not marker.exists()
+        assert pool.statistics().restarts == 0
+
+
+async def test_cancel_with_max_tasks_per_child_does_not_stall(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    async with aioproc.ProcessPool(1, max_tasks_per_child=2) as pool:
+        for i in range(6):
+            await pool.apply(tasks.double, i)
+        blocker = pool.submit(tasks.wait_for_file, str(release))
+        ahead = pool.submit(tasks.double, 1)
+        await anyio.sleep(0.2)
+        ahead.cancel()
+        release.touch()
+        await blocker
+        with anyio.fail_after(20):
+            assert await pool.apply(tasks.double, 4) == 8
+
+
+async def test_abandoned_stream_does_not_hold_the_pool_open() -> None:
+    with anyio.fail_after(20):
+        async with aioproc.ProcessPool(1) as pool:
+            stream = pool.stream(tasks.count_up, 10_000)
+            assert await stream.__anext__() == 0
+    with pytest.raises(aioproc.PoolClosedError, match="stream was still running"):
+        async for _ in stream:
+            pass
+
+
 async def test_many_cancellations_leave_the_pool_healthy() -> None:
     async with aioproc.ProcessPool(2) as pool:
         for _ in range(20):
@@ -416,6 +459,36 @@ async def test_failing_initializer_breaks_the_pool_without_respawning() -> None:
     with pytest.raises(aioproc.PoolClosedError):
         await pool.apply(tasks.double, 1)
     assert pool.statistics().restarts == 0
+
+
+async def test_workers_see_the_environment_of_today(
+    start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
+        await pool.apply(tasks.double, 1)  # the fork server, if any, is up by now
+    monkeypatch.setenv("AIOPROC_TEST_VALUE", "today")
+    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
+        assert await pool.apply(tasks.getenv, "AIOPROC_TEST_VALUE") == "today"
+
+
+async def test_script_functions_share_one_global_namespace(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio, aioproc\n"
+        "config = None\n"
+        "def init(value):\n"
+        "    global config\n"
+        "    config = value\n"
+        "def task():\n"
+        "    return config\n"
+        "async def main():\n"
+        "    async with aioproc.ProcessPool(1, initializer=init, initargs=('on',)) as pool:\n"
+        "        print(await pool.apply(task))\n"
+        "asyncio.run(main())\n"
+    )
+    done = await anyio.run_process([sys.executable, str(script)], check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "on"
 
 
 async def test_max_tasks_per_child_recycles_workers() -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._exceptions import SerializationError
 from . import _codec, _wire
-from ._worker import STREAM_WINDOW, Worker
+from ._worker import STREAM_WINDOW, Worker, answer, check_generator, load_payload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,7 +56,11 @@ class _AsyncServer:
         worker = self.worker
         if isinstance(msg, _wire.Call):
             if msg.id in worker.cancelled:
+                worker.done += 1  # counted for max_tasks, as the parent counts it
                 worker.cancelled.discard(msg.id)
+                if worker.max_tasks and worker.done >= worker.max_tasks:
+                    worker.stopping = True
+                    self.maybe_finish()
                 return
             self.tasks[msg.id] = self.loop.create_task(self.run_call(msg))
         elif isinstance(msg, _wire.Cancel):
@@ -117,12 +121,7 @@ class _AsyncServer:
         worker = self.worker
         try:
             fn = worker.functions[msg.fn]
-            try:
-                payload = _codec.loads(msg.args)
-            except BaseException as exc:
-                raise SerializationError(
-                    f"cannot rebuild the arguments in the worker: {exc!r}"
-                ) from exc
+            payload = load_payload(msg.args)
             mode = msg.mode
             if mode == _wire.MODE_CALL:
                 args, kwargs = payload
@@ -139,13 +138,7 @@ class _AsyncServer:
             raise
         except BaseException as exc:
             return _wire.Failed(msg.id, _codec.dumps_error(exc))
-        try:
-            return _wire.Done(msg.id, _codec.dumps(result))
-        except BaseException as exc:
-            err = SerializationError(
-                f"cannot send the result of type {_codec.type_name(result)!r} back: {exc}"
-            )
-            return _wire.Failed(msg.id, _codec.dumps_error(err))
+        return answer(msg.id, result)
 
     async def stream(
         self, task_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -153,6 +146,7 @@ class _AsyncServer:
         self.credits[task_id] = STREAM_WINDOW
         event = self.credit_events[task_id] = asyncio.Event()
         gen = fn(*args, **kwargs)
+        check_generator(gen)
         try:
             if isasyncgen(gen):
                 async for item in gen:

@@ -250,6 +250,7 @@ class Dispatcher:
                 max_tasks=self.config.max_tasks_per_child or 0,
                 concurrency=self.config.concurrency,
                 log_level=level,
+                env=dict(os.environ) if self.config.start_method == "forkserver" else None,
             )
         )
 
@@ -769,9 +770,15 @@ class Dispatcher:
         return job.outcome()
 
     def _outstanding(self) -> bool:
-        if any(job.state == QUEUED for job in self.queue):
+        """Is any job other than a stream queued or running?
+
+        Streams are driven by their consumer; one that nobody reads any more would never
+        end, so a closing pool does not wait for streams (it aborts them).
+        """
+        stream = _wire.MODE_STREAM
+        if any(job.state == QUEUED and job.mode != stream for job in self.queue):
             return True
-        return any(worker.jobs for worker in self.workers)
+        return any(job.mode != stream for worker in self.workers for job in worker.jobs.values())
 
     def _check_idle(self) -> None:
         if self._idle_waiters and not self._outstanding():
@@ -808,6 +815,8 @@ class Dispatcher:
             self.cancel_all()
         else:
             await self.wait_idle()
+            self.closed = True
+            self._abort_streams()
         self.closed = True
         pending: list[Future] = []
         for worker in list(self.workers):
@@ -828,6 +837,17 @@ class Dispatcher:
             finally:
                 timer.cancel()
         _live.discard(self)
+
+    def _abort_streams(self) -> None:
+        error = PoolClosedError("the pool closed while the stream was still running")
+        for job in list(self.queue):
+            self._fail(job, error)
+        self.queue.clear()
+        for worker in list(self.workers):
+            if worker.jobs:
+                for job in list(worker.jobs.values()):
+                    self._fail(job, error)
+                self._kill(worker)
 
     def kill_all(self) -> None:
         """Kill every worker now (for the grace timeout)."""
@@ -869,7 +889,8 @@ class Dispatcher:
     # --- introspection ----------------------------------------------------------------------
 
     def pids(self) -> list[int]:
-        return [w.pid for w in self.workers if w.proc.exitcode is None]
+        # A killed worker stays listed until it is reaped; its replacement already counts.
+        return [w.pid for w in self.workers if w.proc.exitcode is None and not w.replaced]
 
     def busy(self) -> int:
         return sum(1 for w in self.workers if w.jobs)

@@ -104,6 +104,7 @@ class Config(_Msg, tag=7):
     max_tasks: int = 0  # 0: no limit
     concurrency: int = 1
     log_level: int = 30
+    env: dict[str, str] | None = None  # forkserver: the parent's environment of today
 
 
 # --- worker -> parent ---------------------------------------------------------------------

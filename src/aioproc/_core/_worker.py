@@ -41,6 +41,7 @@ import signal
 import sys
 import threading
 from inspect import isasyncgen, iscoroutine, isgenerator
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._exceptions import SerializationError
@@ -182,6 +183,7 @@ class Worker:
         self.stopping = False
         self.eof = False
         self.cancelled: set[int] = set()
+        self.main = MainNamespace()
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -192,6 +194,11 @@ class Worker:
             except OSError:
                 pass
         sys.path[:] = config.sys_path
+        if config.env is not None:
+            # A forked-by-server worker inherited the server's environment, which may be
+            # older than the parent's: take the parent's as it is now.
+            os.environ.clear()
+            os.environ.update(config.env)
         self.max_tasks = config.max_tasks
         self.concurrency = config.concurrency
         sys.stdout = _forward_stream(self.channel, 1, sys.__stdout__)
@@ -204,7 +211,7 @@ class Worker:
         if config.init:
             try:
                 initializer, initargs = _codec.loads(config.init)
-                result = initializer(*initargs)
+                result = self.main.adopt(initializer)(*initargs)
                 if iscoroutine(result):
                     self.run_coroutine(result)
             except BaseException as exc:
@@ -267,12 +274,7 @@ class Worker:
         try:
             fn = self.functions[msg.fn]
             mode = msg.mode
-            try:
-                payload = _codec.loads(msg.args)
-            except BaseException as exc:
-                raise SerializationError(
-                    f"cannot rebuild the arguments in the worker: {exc!r}"
-                ) from exc
+            payload = load_payload(msg.args)
             if mode == _wire.MODE_CALL:
                 args, kwargs = payload
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
@@ -294,16 +296,11 @@ class Worker:
             self.flush_output()
             return _wire.Failed(msg.id, _codec.dumps_error(exc))
         self.flush_output()
-        try:
-            return _wire.Done(msg.id, _codec.dumps(result))
-        except BaseException as exc:
-            err = SerializationError(
-                f"cannot send the result of type {_codec.type_name(result)!r} back: {exc}"
-            )
-            return _wire.Failed(msg.id, _codec.dumps_error(err))
+        return answer(msg.id, result)
 
     def stream(self, task_id: int, gen: Any) -> None:
         """Send each item of a (async) generator as it is yielded, within the credit window."""
+        check_generator(gen)
         if isasyncgen(gen):
             loop = self.event_loop()
             agen = gen
@@ -344,15 +341,14 @@ class Worker:
 
     def handle(self, msg: _wire.Message) -> _wire.Message | None:
         if isinstance(msg, _wire.Call):
+            self.done += 1  # skipped or run, as the parent counts it for max_tasks
             if self.cancelled and msg.id in self.cancelled:
                 self.cancelled.discard(msg.id)
                 return None
-            reply = self.call(msg)
-            self.done += 1
-            return reply
+            return self.call(msg)
         if isinstance(msg, _wire.Define):
             try:
-                self.functions[msg.fn] = _codec.loads(msg.blob)
+                self.functions[msg.fn] = self.main.adopt(_codec.loads(msg.blob))
             except BaseException as exc:
                 self.functions[msg.fn] = _Unloadable(exc)
             return None
@@ -371,11 +367,21 @@ class Worker:
     def serve(self) -> NoReturn:
         inbox = self.inbox
         channel = self.channel
+        poller = select.poll()
+        poller.register(self.task_fd, select.POLLIN)
         while not self.stopping:
             if not inbox and not self.read():
                 break
+            fresh = True
             while inbox:
-                reply = self.handle(inbox.popleft())
+                msg = inbox.popleft()
+                if not fresh and isinstance(msg, _wire.Call) and poller.poll(0):
+                    # A call the parent sent ahead while we were busy: a Cancel for it
+                    # may be in the pipe by now. One poll() per such call keeps a
+                    # cancelled task from starting.
+                    self.read()
+                fresh = False
+                reply = self.handle(msg)
                 if reply is not None:
                     try:
                         channel.put(reply)
@@ -403,6 +409,70 @@ class Worker:
         except OSError:
             pass
         os._exit(code)
+
+
+class MainNamespace:
+    """One global namespace for every function of the parent's ``__main__``.
+
+    Such functions arrive by value, and cloudpickle gives each pickle its own copy of the
+    globals they use. Rebinding them to one shared dict restores what a script expects:
+    a global set by the initializer (or by one task) is seen by the next task.
+    """
+
+    def __init__(self) -> None:
+        self.globals: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+
+    def adopt(self, fn: Any) -> Any:
+        if not isinstance(fn, FunctionType):
+            return fn
+        own = fn.__globals__
+        if own is self.globals or own.get("__name__") != "__main__":
+            return fn
+        shared = self.globals
+        rebound: dict[int, FunctionType] = {}
+
+        def rebind(f: FunctionType) -> FunctionType:
+            new = rebound.get(id(f))
+            if new is None:
+                new = FunctionType(f.__code__, shared, f.__name__, f.__defaults__, f.__closure__)
+                new.__kwdefaults__ = f.__kwdefaults__
+                new.__qualname__ = f.__qualname__
+                new.__dict__.update(f.__dict__)
+                rebound[id(f)] = new
+            return new
+
+        for name, value in own.items():
+            if name in shared:
+                continue  # first come wins: a value set in the worker is not reset
+            if isinstance(value, FunctionType) and value.__globals__ is own:
+                value = rebind(value)
+            shared[name] = value
+        return rebind(fn)
+
+
+def load_payload(blob: bytes) -> Any:
+    """Unpickle a call's arguments; a failure is the task's SerializationError."""
+    try:
+        return _codec.loads(blob)
+    except BaseException as exc:
+        raise SerializationError(f"cannot rebuild the arguments in the worker: {exc!r}") from exc
+
+
+def answer(task_id: int, result: Any) -> _wire.Message:
+    """The frame that carries ``result`` back, or the error saying why it cannot."""
+    try:
+        return _wire.Done(task_id, _codec.dumps(result))
+    except BaseException as exc:
+        reason = exc.__cause__ if isinstance(exc, SerializationError) else exc
+        err = SerializationError(
+            f"cannot send the result of type {_codec.type_name(result)!r} back: {reason}"
+        )
+        return _wire.Failed(task_id, _codec.dumps_error(err))
+
+
+def check_generator(gen: Any) -> None:
+    if not (isgenerator(gen) or isasyncgen(gen) or hasattr(gen, "__next__")):
+        raise TypeError(f"stream() needs a generator function; got a {_codec.type_name(gen)!r}")
 
 
 class _Unloadable:
