@@ -26,26 +26,48 @@ from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._exceptions import WouldBlock as WouldBlock
 
 if TYPE_CHECKING:
+    from ._pipe import Connection as Connection
+    from ._pipe import Pipe as Pipe
     from ._pool import MapIterator as MapIterator
     from ._pool import PoolStatistics as PoolStatistics
     from ._pool import ProcessPool as ProcessPool
     from ._pool import StreamIterator as StreamIterator
     from ._pool import Task as Task
     from ._pool import run as run
+    from ._queue import Queue as Queue
+    from ._queue import QueueStatistics as QueueStatistics
+    from ._sync import Barrier as Barrier
+    from ._sync import BoundedSemaphore as BoundedSemaphore
+    from ._sync import BrokenBarrierError as BrokenBarrierError
+    from ._sync import Condition as Condition
+    from ._sync import Event as Event
+    from ._sync import Lock as Lock
+    from ._sync import Semaphore as Semaphore
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AioprocError",
+    "Barrier",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
     "ClosedResourceError",
+    "Condition",
+    "Connection",
     "EndOfStream",
+    "Event",
+    "Lock",
     "LockOwnerDiedError",
     "MapIterator",
+    "Pipe",
     "PoolClosedError",
     "PoolStatistics",
     "ProcessPool",
+    "Queue",
+    "QueueStatistics",
     "RemoteError",
     "RemoteTraceback",
+    "Semaphore",
     "SerializationError",
     "StreamIterator",
     "Task",
@@ -56,6 +78,17 @@ __all__ = (
 )
 
 _LAZY = {
+    "Barrier": "._sync",
+    "BoundedSemaphore": "._sync",
+    "BrokenBarrierError": "._sync",
+    "Condition": "._sync",
+    "Connection": "._pipe",
+    "Event": "._sync",
+    "Lock": "._sync",
+    "Pipe": "._pipe",
+    "Queue": "._queue",
+    "QueueStatistics": "._queue",
+    "Semaphore": "._sync",
     "MapIterator": "._pool",
     "PoolStatistics": "._pool",
     "ProcessPool": "._pool",

@@ -56,7 +56,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import PoolClosedError, SerializationError, WorkerDiedError
-from . import _codec, _spawn, _wire
+from . import _codec, _hub, _spawn, _wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -251,6 +251,7 @@ class Dispatcher:
                 concurrency=self.config.concurrency,
                 log_level=level,
                 env=dict(os.environ) if self.config.start_method == "forkserver" else None,
+                **_hub_settings(),
             )
         )
 
@@ -897,6 +898,14 @@ class Dispatcher:
 
     def queued(self) -> int:
         return sum(1 for job in self.queue if job.state == QUEUED)
+
+
+def _hub_settings() -> dict[str, Any]:
+    """The IPC hub workers should use, if this process knows one already."""
+    known = _hub.known_address()
+    if known is None:
+        return {}
+    return {"hub": known[0], "hub_key": known[1]}
 
 
 def _setter(waiter: Future) -> Callable[[], None]:

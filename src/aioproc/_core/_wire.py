@@ -11,6 +11,8 @@ prefix can never make a reader allocate without bound.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from .._exceptions import SerializationError
@@ -26,6 +28,9 @@ __all__ = (
     "Drop",
     "End",
     "Failed",
+    "HubCall",
+    "HubMessage",
+    "HubReply",
     "FrameReader",
     "InitFailed",
     "Item",
@@ -40,6 +45,7 @@ __all__ = (
     "Stop",
     "encode",
     "encode_into",
+    "hub_decoder",
 )
 
 #: Largest envelope accepted on a pipe. Bigger payloads are refused with SerializationError
@@ -105,6 +111,8 @@ class Config(_Msg, tag=7):
     concurrency: int = 1
     log_level: int = 30
     env: dict[str, str] | None = None  # forkserver: the parent's environment of today
+    hub: str = ""  # where IPC objects live, if the parent has any (see _hub)
+    hub_key: bytes = b""
 
 
 # --- worker -> parent ---------------------------------------------------------------------
@@ -162,6 +170,29 @@ class InitFailed(_Msg, tag=23):
     error: bytes
 
 
+# --- IPC hub (any process <-> the process hosting the objects) ------------------------------
+
+
+class HubCall(_Msg, tag=32):
+    """Operation ``op`` on object ``oid``; ``rid`` 0 asks for no reply (a post)."""
+
+    rid: int
+    oid: int
+    op: int
+    arg: bytes = b""
+
+
+class HubReply(_Msg, tag=33):
+    """The answer to request ``rid``: ``status`` 0 ok, 1 error (pickled), 2 cancelled."""
+
+    rid: int
+    status: int
+    value: bytes = b""
+
+
+HubMessage = HubCall | HubReply
+hub_decoder: msgspec.msgpack.Decoder[HubMessage] = msgspec.msgpack.Decoder(HubMessage)
+
 Message = (
     Define
     | Call
@@ -189,7 +220,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
-def encode_into(msg: Message, buf: bytearray) -> None:
+def encode_into(msg: Message | HubMessage, buf: bytearray) -> None:
     """Append ``msg`` as one frame to ``buf``.
 
     Raises:
@@ -207,7 +238,7 @@ def encode_into(msg: Message, buf: bytearray) -> None:
     buf[start : start + _HEADER] = size.to_bytes(_HEADER, "little")
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: Message | HubMessage) -> bytes:
     """Return ``msg`` as one frame."""
     buf = bytearray()
     encode_into(msg, buf)
@@ -222,13 +253,14 @@ class FrameReader:
     stream is then unusable (framing is lost) and the caller must drop the channel.
     """
 
-    __slots__ = ("_buf", "_max")
+    __slots__ = ("_buf", "_decode", "_max")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, decoder: Any = None) -> None:
         self._buf = bytearray()
         self._max = max_frame
+        self._decode = (decoder or _decoder).decode
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes) -> list[Any]:
         """Return the envelopes completed by ``data``, in order."""
         buf = self._buf
         if buf:
@@ -236,10 +268,10 @@ class FrameReader:
             view: bytes | bytearray = buf
         else:
             view = data
-        out: list[Message] = []
+        out: list[Any] = []
         pos = 0
         end = len(view)
-        decode = _decoder.decode
+        decode = self._decode
         while end - pos >= _HEADER:
             size = int.from_bytes(view[pos : pos + _HEADER], "little")
             if size > self._max:

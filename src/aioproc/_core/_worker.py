@@ -199,6 +199,10 @@ class Worker:
             # older than the parent's: take the parent's as it is now.
             os.environ.clear()
             os.environ.update(config.env)
+        if config.hub:
+            from . import _hub
+
+            _hub.set_default(config.hub, config.hub_key)
         self.max_tasks = config.max_tasks
         self.concurrency = config.concurrency
         sys.stdout = _forward_stream(self.channel, 1, sys.__stdout__)

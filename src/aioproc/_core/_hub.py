@@ -1,0 +1,922 @@
+"""The IPC hub: where Queues, Pipes, Locks, Events... live, and how processes reach them.
+
+One process hosts every IPC object: the first process that creates one (normally the
+program's main process; workers are told its address when they start). The hosting
+process serves other processes from its own event loop::
+
+    any process                                       hosting process
+    ───────────                                       ───────────────
+    proxy ─ Client ── HubCall(rid, oid, op, arg) ──▶  Hub ─▶ state machine (_objects)
+            (one unix    ◀── HubReply(rid, status) ──      │   parks or completes waiters
+             socket)                                       ▼
+                                                     local proxies call the state directly
+
+- A local operation (in the hosting process) touches the state machine directly: an
+  uncontended lock or a queue get costs no I/O at all.
+- A remote operation is one request and one reply on the process's connection, read by
+  the event loop of that process (``add_reader``) or, for the blocking ``.sync`` views, by
+  the calling thread. Posts (rid 0) ask for no reply: puts on an unbounded queue stream
+  without waiting.
+- Cancellation keeps objects consistent: a cancelled waiter is withdrawn (``CANCEL``),
+  and a value granted just before the withdrawal arrived (an item, a lock) is handed back
+  (``OP_PUT_FRONT``, ``OP_RELEASE``). The hub answers every ``CANCEL`` after any grant for
+  the same request, so the client always knows which of the two happened.
+- When a process's connection closes (it exited or died), its handles are dropped, its
+  waiters withdrawn, and locks it held are freed and marked "owner died".
+
+Security: the socket lives in a fresh 0700 directory, and a client proves it knows the
+hub's 32-byte key (HMAC-SHA256 of a random challenge) before any pickle is exchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hmac
+import itertools
+import os
+import pickle
+import select
+import shutil
+import socket
+import tempfile
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import ClosedResourceError
+from . import _objects, _spawn, _wire
+from ._loop import current_backend
+
+if TYPE_CHECKING:
+    from ._loop import Backend, Future
+
+__all__ = ("HOST", "Endpoint", "Hub", "endpoint", "local_hub", "set_default")
+
+OP_CREATE, OP_ATTACH, OP_DETACH, OP_CANCEL = 94, 91, 92, 93
+STATUS_OK, STATUS_ERROR, STATUS_CANCELLED = 0, 1, 2
+
+_READ = 1 << 18
+_CHALLENGE = 32
+
+
+class _Host:
+    """The owner of what the hosting process itself holds."""
+
+    pid = os.getpid()
+
+
+HOST = _Host()
+
+
+def _digest(key: bytes, challenge: bytes) -> bytes:
+    return hmac.new(key, challenge, "sha256").digest()
+
+
+def _error_bytes(exc: BaseException) -> bytes:
+    try:
+        return pickle.dumps(exc, 5)
+    except Exception:
+        return pickle.dumps(RuntimeError(repr(exc)), 5)
+
+
+# --- waiters -----------------------------------------------------------------------------
+
+
+class _LocalWaiter:
+    """A waiter for an operation of the hosting process itself."""
+
+    __slots__ = ("error", "event", "future", "gone", "owner", "value")
+
+    def __init__(self, future: Future | None = None, event: threading.Event | None = None):
+        self.owner = HOST
+        self.future = future
+        self.event = event
+        self.value: bytes | None = None
+        self.error: BaseException | None = None
+        self.gone = False
+
+    def finished(self) -> bool:
+        return self.value is not None or self.error is not None
+
+    def resolve(self, value: bytes) -> bool:
+        if self.gone or self.finished():
+            return False
+        future = self.future
+        if future is not None and future.done():  # its task was cancelled
+            return False
+        self.value = value
+        if future is not None:
+            future.set_result(None)
+        if self.event is not None:
+            self.event.set()
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if self.gone or self.finished():
+            return
+        future = self.future
+        if future is not None and future.done():
+            return
+        self.error = exc
+        if future is not None:
+            future.set_result(None)
+        if self.event is not None:
+            self.event.set()
+
+    def result(self) -> bytes:
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+class _RemoteWaiter:
+    """A waiter for a request that came over a connection."""
+
+    __slots__ = ("conn", "owner", "rid")
+
+    def __init__(self, conn: _Conn, rid: int) -> None:
+        self.conn = conn
+        self.owner = conn
+        self.rid = rid
+
+    def resolve(self, value: bytes) -> bool:
+        conn = self.conn
+        if conn.closed or (self.rid and conn.waiting.pop(self.rid, None) is None):
+            return False
+        if self.rid:
+            conn.reply(self.rid, STATUS_OK, value)
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        conn = self.conn
+        if conn.closed:
+            return
+        if self.rid:
+            if conn.waiting.pop(self.rid, None) is not None:
+                conn.reply(self.rid, STATUS_ERROR, _error_bytes(exc))
+        else:
+            # A post failed (a put on a closed queue): tell the process, rid 0, so that
+            # its next operation on the object raises.
+            conn.reply(0, STATUS_ERROR, _error_bytes(exc))
+
+
+# --- the hosting side ---------------------------------------------------------------------
+
+
+class _Conn:
+    """The hub's end of one process's connection."""
+
+    def __init__(self, hub: Hub, sock: socket.socket, pid: int) -> None:
+        self.hub = hub
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pid = pid
+        self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
+        self.outbuf = bytearray()
+        self.writing = False
+        self.closed = False
+        self.handles: collections.Counter[int] = collections.Counter()
+        self.waiting: dict[int, tuple[int, _RemoteWaiter]] = {}  # rid -> (oid, waiter)
+
+    def reply(self, rid: int, status: int, value: bytes) -> None:
+        _wire.encode_into(_wire.HubReply(rid, status, value), self.outbuf)
+        self.hub.dirty.add(self)
+
+
+class Hub:
+    """The objects of this process, served to every process that connects."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="aioproc-")  # mode 0700
+        self.address = os.path.join(self.dir, "hub")
+        self.key = os.urandom(32)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.address)
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        _spawn.register_fds(self.listener.fileno())
+        self.objects: dict[int, _objects.State] = {}
+        self.oids = itertools.count(1)
+        self.conns: dict[int, _Conn] = {}
+        self.dirty: set[_Conn] = set()
+        self.backend: Backend | None = None
+        self.loop_thread: int | None = None
+        self.pid = os.getpid()
+        self._finalizer = weakref.finalize(self, _remove_dir, self.dir, self.listener)
+
+    # --- objects --------------------------------------------------------------------------
+
+    def create(self, state: _objects.State) -> int:
+        oid = next(self.oids)
+        self.objects[oid] = state
+        return oid
+
+    def attach(self, oid: int, conn: _Conn | None = None) -> None:
+        state = self.objects.get(oid)
+        if state is None:
+            raise ClosedResourceError("the object no longer exists")
+        state.handles += 1
+        if conn is not None:
+            conn.handles[oid] += 1
+
+    def detach(self, oid: int, conn: _Conn | None = None) -> None:
+        state = self.objects.get(oid)
+        if state is None:
+            return
+        if conn is not None:
+            if conn.handles[oid] <= 0:
+                return
+            conn.handles[oid] -= 1
+        state.handles -= 1
+        if state.handles <= 0:
+            if isinstance(state, _objects.PipeEndState):
+                state.close()
+                peer = state.peer
+                if peer is not None and peer.closed:
+                    self._forget_pipe(oid, state)
+            else:
+                del self.objects[oid]
+
+    def _forget_pipe(self, oid: int, state: _objects.PipeEndState) -> None:
+        for key, value in list(self.objects.items()):
+            if value is state or value is state.peer:
+                del self.objects[key]
+
+    # --- the event loop -------------------------------------------------------------------
+
+    def ensure_attached(self) -> None:
+        """Serve connections from the event loop running in this thread, if any."""
+        try:
+            backend = current_backend()
+        except RuntimeError:
+            return
+        if backend is self.backend:
+            return
+        old = self.backend
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.remove_reader(self.listener.fileno())
+                for conn in self.conns.values():
+                    old.remove_reader(conn.fd)
+        self.backend = backend
+        self.loop_thread = threading.get_ident()
+        backend.add_reader(self.listener.fileno(), self._accept)
+        for conn in self.conns.values():
+            backend.add_reader(conn.fd, functools_partial(self._on_readable, conn))
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            conn = self._handshake(sock)
+            if conn is None:
+                continue
+            self.conns[conn.fd] = conn
+            _spawn.register_fds(conn.fd)
+            if self.backend is not None and self.loop_thread == threading.get_ident():
+                self.backend.add_reader(conn.fd, functools_partial(self._on_readable, conn))
+
+    def _handshake(self, sock: socket.socket) -> _Conn | None:
+        try:
+            sock.settimeout(2.0)
+            challenge = os.urandom(_CHALLENGE)
+            sock.sendall(challenge)
+            answer = b""
+            while len(answer) < 40:
+                chunk = sock.recv(40 - len(answer))
+                if not chunk:
+                    raise OSError("closed during the handshake")
+                answer += chunk
+            if not hmac.compare_digest(answer[:32], _digest(self.key, challenge)):
+                raise PermissionError("wrong key")
+            sock.sendall(b"\x01")
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return None
+        return _Conn(self, sock, int.from_bytes(answer[32:40], "little"))
+
+    def _on_readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost(conn)
+            return
+        try:
+            msgs = conn.reader.feed(data)
+        except Exception:
+            self._lost(conn)  # framing lost or a hostile peer: drop that connection only
+            return
+        for msg in msgs:
+            if isinstance(msg, _wire.HubCall):
+                self._dispatch(conn, msg)
+        self.flush()
+
+    def _dispatch(self, conn: _Conn, msg: _wire.HubCall) -> None:
+        op = msg.op
+        rid = msg.rid
+        if op == OP_CANCEL:
+            target = int.from_bytes(msg.arg, "little")
+            entry = conn.waiting.pop(target, None)
+            if entry is not None:
+                state = self.objects.get(entry[0])
+                if state is not None:
+                    state.cancel(entry[1])
+            conn.reply(target, STATUS_CANCELLED, b"")
+            return
+        waiter = _RemoteWaiter(conn, rid)
+        try:
+            if op == OP_CREATE:
+                oids = self.create_from(msg.arg)
+                conn.handles.update(oids)
+                if rid:
+                    conn.waiting[rid] = (0, waiter)
+                    waiter.resolve(pickle.dumps(oids, 5))
+                return
+            if op == OP_ATTACH:
+                self.attach(msg.oid, conn)
+                return
+            if op == OP_DETACH:
+                self.detach(msg.oid, conn)
+                return
+            state = self.objects.get(msg.oid)
+            if state is None:
+                raise ClosedResourceError("the object no longer exists")
+            if rid:
+                conn.waiting[rid] = (msg.oid, waiter)
+            state.handle(op, msg.arg, waiter)
+        except Exception as exc:
+            if rid:
+                conn.waiting[rid] = (msg.oid, waiter)
+            waiter.fail(exc)
+
+    def create_from(self, spec: bytes) -> list[int]:
+        """Create an object described by a pickled (kind, params); return its oid(s)."""
+        kind, params = pickle.loads(spec)
+        states = make_states(kind, params, self)
+        oids = [self.create(state) for state in states]
+        for oid in oids:
+            self.objects[oid].handles += 1
+        return oids
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            self._send(conn)
+
+    def _send(self, conn: _Conn) -> None:
+        if conn.closed or not conn.outbuf or conn.writing:
+            return
+        try:
+            n = conn.sock.send(conn.outbuf)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._lost(conn)
+            return
+        del conn.outbuf[:n]
+        if conn.outbuf and self.backend is not None:
+            conn.writing = True
+            self.backend.add_writer(conn.fd, functools_partial(self._on_writable, conn))
+
+    def _on_writable(self, conn: _Conn) -> None:
+        conn.writing = False
+        if self.backend is not None:
+            self.backend.remove_writer(conn.fd)
+        self._send(conn)
+
+    def _lost(self, conn: _Conn) -> None:
+        """A process went away: drop its handles and waiters, free what it held."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self.conns.pop(conn.fd, None)
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                self.backend.remove_reader(conn.fd)
+                if conn.writing:
+                    self.backend.remove_writer(conn.fd)
+        _spawn.unregister_fds(conn.fd)
+        conn.sock.close()
+        for oid, waiter in conn.waiting.values():
+            state = self.objects.get(oid)
+            if state is not None:
+                state.cancel(waiter)
+        conn.waiting.clear()
+        for state in list(self.objects.values()):
+            state.owner_gone(conn)
+        for oid, count in list(conn.handles.items()):
+            for _ in range(count):
+                self.detach(oid, conn)
+        self.flush()
+
+    # --- blocking calls in the hosting process ---------------------------------------------
+
+    def pump(self, waiter: _LocalWaiter, deadline: float | None) -> None:
+        """Serve connections from this thread until ``waiter`` is done or time is up.
+
+        Used by ``.sync`` calls in the hosting process: while one blocks, its event loop
+        (if any) cannot run, so the call serves the hub itself.
+        """
+        import time
+
+        while not waiter.finished():
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            rlist: list[Any] = [self.listener, *(c.sock for c in self.conns.values())]
+            wlist = [c.sock for c in self.conns.values() if c.outbuf]
+            readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            for sock in readable:
+                if sock is self.listener:
+                    self._accept()
+                else:
+                    conn = self.conns.get(sock.fileno())
+                    if conn is not None:
+                        self._on_readable(conn)
+            for sock in writable:
+                conn = self.conns.get(sock.fileno())
+                if conn is not None:
+                    conn.writing = False
+                    self._send(conn)
+            if not readable and not writable and timeout is not None and timeout <= 0:
+                return
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            self._lost(conn)
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                self.backend.remove_reader(self.listener.fileno())
+        _spawn.unregister_fds(self.listener.fileno())
+        self._finalizer()
+
+
+def functools_partial(fn: Any, *args: Any) -> Any:
+    import functools
+
+    return functools.partial(fn, *args)
+
+
+def _remove_dir(path: str, listener: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        listener.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_states(kind: str, params: dict[str, Any], hub: Hub) -> list[_objects.State]:
+    if kind == "queue":
+        return [_objects.QueueState(params["maxsize"])]
+    if kind == "lock":
+        return [_objects.LockState(1)]
+    if kind == "semaphore":
+        return [_objects.LockState(params["value"], semaphore=True, bounded=params["bounded"])]
+    if kind == "event":
+        return [_objects.EventState()]
+    if kind == "condition":
+        lock = hub.objects.get(params["lock"])
+        if not isinstance(lock, _objects.LockState):
+            raise ClosedResourceError("the condition's lock no longer exists")
+        return [_objects.ConditionState(lock)]
+    if kind == "barrier":
+        return [_objects.BarrierState(params["parties"])]
+    if kind == "pipe":
+        duplex = params["duplex"]
+        a = _objects.PipeEndState(readable=True, writable=duplex)
+        b = _objects.PipeEndState(readable=duplex, writable=True)
+        a.peer, b.peer = b, a
+        return [a, b]
+    raise ValueError(f"unknown object kind {kind!r}")
+
+
+# --- the client side ----------------------------------------------------------------------
+
+
+class _ClientWaiter:
+    __slots__ = ("cancelling", "done", "future", "status", "undo", "value")
+
+    def __init__(self, future: Future | None, undo: tuple[int, int, bool] | None) -> None:
+        self.future = future
+        self.undo = undo
+        self.cancelling = False
+        self.done = False
+        self.status = STATUS_OK
+        self.value = b""
+
+    def result(self) -> bytes:
+        if self.status == STATUS_ERROR:
+            raise pickle.loads(self.value)
+        if self.status == STATUS_CANCELLED:
+            raise ClosedResourceError("the request was cancelled")
+        return self.value
+
+
+class Client:
+    """This process's connection to a hub in another process."""
+
+    def __init__(self, address: str, key: bytes) -> None:
+        self.address = address
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(10.0)
+            sock.connect(address)
+            challenge = b""
+            while len(challenge) < _CHALLENGE:
+                chunk = sock.recv(_CHALLENGE - len(challenge))
+                if not chunk:
+                    raise ConnectionError("the hub closed the connection")
+                challenge += chunk
+            sock.sendall(_digest(key, challenge) + os.getpid().to_bytes(8, "little"))
+            if sock.recv(1) != b"\x01":
+                raise ConnectionError("the hub refused the connection")
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.fd = sock.fileno()
+        _spawn.register_fds(self.fd)
+        self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
+        self.rids = itertools.count(1)
+        self.waiters: dict[int, _ClientWaiter] = {}
+        self.post_error: BaseException | None = None
+        self.backend: Backend | None = None
+        self.lock = threading.RLock()
+        self.lost = False
+
+    def _send(self, msg: _wire.HubCall) -> None:
+        frame = _wire.encode(msg)
+        with self.lock:
+            try:
+                self.sock.sendall(frame)
+            except OSError as exc:
+                self.lost = True
+                raise ClosedResourceError(f"lost the connection to the aioproc hub: {exc}") from exc
+
+    def post(self, oid: int, op: int, arg: bytes = b"") -> None:
+        """Send an operation that needs no answer (a failure is raised by the next post)."""
+        error = self.post_error
+        if error is not None:
+            self.post_error = None
+            raise error
+        self._send(_wire.HubCall(0, oid, op, arg))
+
+    def _read_available(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(_READ, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._lose()
+                return
+            for msg in self.reader.feed(data):
+                if isinstance(msg, _wire.HubReply):
+                    self._on_reply(msg)
+
+    def _lose(self) -> None:
+        self.lost = True
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                self.backend.remove_reader(self.fd)
+        for rid, waiter in list(self.waiters.items()):
+            del self.waiters[rid]
+            self._finish(waiter, STATUS_ERROR, _error_bytes(ClosedResourceError("lost the hub")))
+
+    def _on_reply(self, msg: _wire.HubReply) -> None:
+        if msg.rid == 0:
+            # A post failed; remember it for the next call to raise.
+            with contextlib.suppress(Exception):
+                self.post_error = pickle.loads(msg.value)
+            return
+        waiter = self.waiters.get(msg.rid)
+        if waiter is None:
+            return
+        if waiter.cancelling:
+            if msg.status == STATUS_CANCELLED:
+                del self.waiters[msg.rid]
+            elif msg.status == STATUS_OK and waiter.undo is not None:
+                # Granted just before our cancel arrived: give it back.
+                oid, op, with_value = waiter.undo
+                self.post(oid, op, msg.value if with_value else b"")
+            return
+        del self.waiters[msg.rid]
+        self._finish(waiter, msg.status, msg.value)
+
+    def _finish(self, waiter: _ClientWaiter, status: int, value: bytes) -> None:
+        waiter.done = True
+        waiter.status = status
+        waiter.value = value
+        future = waiter.future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def call_sync(
+        self,
+        oid: int,
+        op: int,
+        arg: bytes = b"",
+        timeout: float | None = None,
+        undo: tuple[int, int, bool] | None = None,
+    ) -> bytes:
+        import time
+
+        rid = next(self.rids)
+        waiter = _ClientWaiter(None, undo)
+        self.waiters[rid] = waiter
+        self._send(_wire.HubCall(rid, oid, op, arg))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while not waiter.done:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                readable, _, _ = select.select([self.sock], [], [], remaining)
+                if readable:
+                    self._read_available()
+                    continue
+                if self.lost:
+                    break
+                # Timed out: withdraw, and wait for the hub to say what became of it.
+                waiter.cancelling = True
+                self._send(_wire.HubCall(0, 0, OP_CANCEL, rid.to_bytes(8, "little")))
+                while rid in self.waiters:
+                    select.select([self.sock], [], [])
+                    self._read_available()
+                raise TimeoutError(f"timed out after {timeout} s")
+        return waiter.result()
+
+    def _attach(self) -> Backend:
+        backend = current_backend()
+        if backend is not self.backend:
+            if self.backend is not None:
+                with contextlib.suppress(Exception):
+                    self.backend.remove_reader(self.fd)
+            self.backend = backend
+            backend.add_reader(self.fd, self._read_available)
+        return backend
+
+    async def call(
+        self, oid: int, op: int, arg: bytes = b"", undo: tuple[int, int, bool] | None = None
+    ) -> bytes:
+        backend = self._attach()
+        rid = next(self.rids)
+        waiter = _ClientWaiter(backend.create_future(), undo)
+        self.waiters[rid] = waiter
+        self._send(_wire.HubCall(rid, oid, op, arg))
+        try:
+            await waiter.future  # type: ignore[misc]
+        except BaseException:
+            if waiter.done:
+                if waiter.status == STATUS_OK and undo is not None:
+                    oid_, op_, with_value = undo
+                    self.post(oid_, op_, waiter.value if with_value else b"")
+            elif not self.lost:
+                waiter.cancelling = True
+                self._send(_wire.HubCall(0, 0, OP_CANCEL, rid.to_bytes(8, "little")))
+            raise
+        return waiter.result()
+
+
+# --- which hub, from here -----------------------------------------------------------------
+
+
+class Endpoint:
+    """How a proxy reaches its object: through the local hub or a client connection."""
+
+    __slots__ = ("address", "client", "hub", "key")
+
+    def __init__(self, address: str, key: bytes) -> None:
+        self.address = address
+        self.key = key
+        local = _local
+        if local is not None and local.address == address and local.pid == os.getpid():
+            self.hub: Hub | None = local
+            self.client: Client | None = None
+        else:
+            self.hub = None
+            client = _clients.get(address)
+            if client is None or client.lost:
+                client = _clients[address] = Client(address, key)
+            self.client = client
+
+    # -- operations --
+
+    async def call(
+        self, oid: int, op: int, arg: bytes = b"", undo: tuple[int, int, bool] | None = None
+    ) -> bytes:
+        hub = self.hub
+        if hub is None:
+            assert self.client is not None
+            return await self.client.call(oid, op, arg, undo)
+        hub.ensure_attached()
+        state = hub.objects.get(oid)
+        if state is None:
+            raise ClosedResourceError("the object no longer exists")
+        backend = hub.backend
+        assert backend is not None
+        waiter = _LocalWaiter(future=None)
+        state.handle(op, arg, waiter)
+        if not waiter.finished():
+            waiter.future = future = backend.create_future()
+            try:
+                await future
+            except BaseException:
+                if waiter.finished():
+                    if waiter.error is None and undo is not None:
+                        self._undo_local(undo, waiter.value or b"")
+                else:
+                    waiter.gone = True
+                    state.cancel(waiter)
+                raise
+            finally:
+                hub.flush()
+        hub.flush()
+        return waiter.result()
+
+    def _undo_local(self, undo: tuple[int, int, bool], value: bytes) -> None:
+        assert self.hub is not None
+        oid, op, with_value = undo
+        state = self.hub.objects.get(oid)
+        if state is not None:
+            state.handle(op, value if with_value else b"", _LocalWaiter())
+
+    def call_sync(
+        self,
+        oid: int,
+        op: int,
+        arg: bytes = b"",
+        timeout: float | None = None,
+        undo: tuple[int, int, bool] | None = None,
+    ) -> bytes:
+        hub = self.hub
+        if hub is None:
+            assert self.client is not None
+            return self.client.call_sync(oid, op, arg, timeout, undo)
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if hub.loop_thread not in (None, threading.get_ident()) and hub.backend is not None:
+            return self._call_from_thread(oid, op, arg, deadline, undo)
+        state = hub.objects.get(oid)
+        if state is None:
+            raise ClosedResourceError("the object no longer exists")
+        waiter = _LocalWaiter()
+        state.handle(op, arg, waiter)
+        hub.flush()
+        if not waiter.finished():
+            hub.pump(waiter, deadline)
+            if not waiter.finished():
+                waiter.gone = True
+                state.cancel(waiter)
+                raise TimeoutError(f"timed out after {timeout} s")
+        hub.flush()
+        return waiter.result()
+
+    def _call_from_thread(
+        self,
+        oid: int,
+        op: int,
+        arg: bytes,
+        deadline: float | None,
+        undo: tuple[int, int, bool] | None,
+    ) -> bytes:
+        # The hub belongs to an event loop running in another thread: run the operation
+        # there and block this thread on its outcome.
+        import time
+
+        hub = self.hub
+        assert hub is not None
+        assert hub.backend is not None
+        event = threading.Event()
+        waiter = _LocalWaiter(event=event)
+        lock = threading.Lock()
+
+        def start() -> None:
+            state = hub.objects.get(oid)
+            if state is None:
+                waiter.fail(ClosedResourceError("the object no longer exists"))
+                return
+            state.handle(op, arg, waiter)
+            hub.flush()
+
+        def withdraw() -> None:
+            with lock:
+                if waiter.finished():
+                    if waiter.error is None and undo is not None:
+                        self._undo_local(undo, waiter.value or b"")
+                else:
+                    waiter.gone = True
+                    state = hub.objects.get(oid)
+                    if state is not None:
+                        state.cancel(waiter)
+            hub.flush()
+
+        _threadsafe(hub.backend, start)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not event.wait(timeout):
+            _threadsafe(hub.backend, withdraw)
+            raise TimeoutError(f"timed out after {timeout} s")
+        return waiter.result()
+
+    def post(self, oid: int, op: int, arg: bytes = b"") -> None:
+        hub = self.hub
+        if hub is None:
+            assert self.client is not None
+            self.client.post(oid, op, arg)
+            return
+        if op == OP_ATTACH:
+            hub.attach(oid)
+        elif op == OP_DETACH:
+            hub.detach(oid)
+        else:
+            state = hub.objects.get(oid)
+            if state is None:
+                raise ClosedResourceError("the object no longer exists")
+            waiter = _LocalWaiter()
+            state.handle(op, arg, waiter)
+            if waiter.error is not None:
+                raise waiter.error
+        hub.flush()
+
+    def create(self, kind: str, params: dict[str, Any]) -> list[int]:
+        """Create an object on this endpoint's hub; the caller holds one handle on each."""
+        hub = self.hub
+        spec = pickle.dumps((kind, params), 5)
+        if hub is not None:
+            hub.ensure_attached()
+            return hub.create_from(spec)
+        assert self.client is not None
+        oids: list[int] = pickle.loads(self.client.call_sync(0, OP_CREATE, spec))
+        return oids
+
+
+def _threadsafe(backend: Backend, fn: Any) -> None:
+    loop = getattr(backend, "loop", None)
+    if loop is not None:
+        loop.call_soon_threadsafe(fn)
+    else:
+        backend.call_soon(fn)  # trio's run_sync_soon is thread-safe
+
+
+_local: Hub | None = None
+_default: tuple[str, bytes] | None = None
+_clients: dict[str, Client] = {}
+_lock = threading.Lock()
+
+
+def local_hub() -> Hub:
+    """This process's hub, created on first use."""
+    global _local
+    with _lock:
+        if _local is None or _local.pid != os.getpid():
+            _local = Hub()
+        return _local
+
+
+def set_default(address: str, key: bytes) -> None:
+    """Objects created in this process live at ``address`` (a worker learns its parent's)."""
+    global _default
+    _default = (address, key)
+
+
+def default_address() -> tuple[str, bytes]:
+    """Where objects created here live: the parent's hub, or this process's own."""
+    if _default is not None:
+        return _default
+    hub = local_hub()
+    return hub.address, hub.key
+
+
+def known_address() -> tuple[str, bytes] | None:
+    """The hub address this process would hand on, without creating a hub."""
+    if _default is not None:
+        return _default
+    local = _local
+    if local is not None and local.pid == os.getpid():
+        local.ensure_attached()  # children will connect: serve them from this loop
+        return local.address, local.key
+    return None
+
+
+def endpoint(address: str, key: bytes) -> Endpoint:
+    return Endpoint(address, key)
+
+
+def _after_fork_in_child() -> None:
+    global _local, _default
+    if _local is not None and _default is None:
+        _default = (_local.address, _local.key)
+    _local = None
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,69 @@
+"""What every IPC object shares: where it lives, how it travels, when it is released."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any
+
+from ._core import _hub
+
+
+def _release(endpoint: _hub.Endpoint, oids: tuple[int, ...]) -> None:
+    for oid in oids:
+        with contextlib.suppress(Exception):
+            endpoint.post(oid, _hub.OP_DETACH)
+
+
+class Proxy:
+    """A handle on an object hosted by the hub (see ``_core/_hub.py``).
+
+    Pickling a proxy sends its address; the process that unpickles it connects to the hub
+    (once per process) and holds a handle of its own, released when its proxy is garbage
+    collected or closed, or when that process ends.
+    """
+
+    _kind = "object"
+
+    _endpoint: _hub.Endpoint
+    _oid: int
+    _extra: dict[str, Any]
+    _finalizer: weakref.finalize[Any, Any]
+
+    def _create(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> list[int]:
+        address, key = _hub.default_address()
+        endpoint = _hub.endpoint(address, key)
+        oids = endpoint.create(self._kind, params)
+        self._bind(endpoint, oids[0], extra or {})
+        return oids
+
+    def _bind(self, endpoint: _hub.Endpoint, oid: int, extra: dict[str, Any]) -> None:
+        self._endpoint = endpoint
+        self._oid = oid
+        self._extra = extra
+        self._finalizer = weakref.finalize(self, _release, endpoint, (oid,))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        endpoint = self._endpoint
+        if endpoint.hub is not None:
+            # Whoever receives this will connect: serve connections from this loop.
+            endpoint.hub.ensure_attached()
+        return (_rebuild, (type(self), endpoint.address, endpoint.key, self._oid, self._extra))
+
+    def _rebuilt(self) -> None:
+        """Set up what is derived from ``_extra`` (after creation or unpickling)."""
+
+    def _close_handle(self) -> None:
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        return f"<aioproc.{type(self).__name__} {self._oid}>"
+
+
+def _rebuild(cls: type[Proxy], address: str, key: bytes, oid: int, extra: dict[str, Any]) -> Proxy:
+    endpoint = _hub.endpoint(address, key)
+    endpoint.post(oid, _hub.OP_ATTACH)
+    obj = cls.__new__(cls)
+    obj._bind(endpoint, oid, extra)
+    obj._rebuilt()
+    return obj

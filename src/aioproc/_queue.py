@@ -1,0 +1,230 @@
+"""Queue: a FIFO shared by processes, awaited in the event loop, with a blocking ``.sync``."""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from ._core import _codec, _objects
+from ._exceptions import EndOfStream, SerializationError, ValidationError
+from ._proxy import Proxy
+
+__all__ = ("Queue", "QueueStatistics")
+
+T = TypeVar("T")
+
+_UNTYPED: Any = None  # no type: items are pickled
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """A snapshot of a queue.
+
+    Attributes:
+        size: items in the queue.
+        maxsize: the bound given at creation (0: unbounded).
+        waiting_getters: tasks and processes blocked in ``get``.
+        waiting_putters: tasks and processes blocked in ``put``.
+        closed: whether ``close()`` was called.
+    """
+
+    size: int
+    maxsize: int
+    waiting_getters: int
+    waiting_putters: int
+    closed: bool
+
+
+class _Codec:
+    """How items are encoded: pickle (exact Python values) or msgspec (a declared type)."""
+
+    def __init__(self, type_: Any) -> None:
+        self.type = type_
+        if type_ is _UNTYPED:
+            self.encoder = None
+            self.decoder = None
+        else:
+            self.encoder = msgspec.msgpack.Encoder()
+            self.decoder = msgspec.msgpack.Decoder(type_)
+
+    def encode(self, item: Any) -> bytes:
+        if self.encoder is None:
+            return _codec.dumps(item)
+        try:
+            return self.encoder.encode(item)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SerializationError(f"cannot encode {_codec.type_name(item)!r}: {exc}") from exc
+
+    def decode(self, blob: bytes) -> Any:
+        if self.decoder is None:
+            return _codec.loads(blob)
+        try:
+            return self.decoder.decode(blob)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise ValidationError(f"malformed message: {exc}") from None
+
+
+class Queue(Proxy, Generic[T]):
+    """A FIFO queue that any aioproc process can use.
+
+    Args:
+        maxsize: bound on the number of items; ``put`` waits while the queue is full.
+            0 (the default) means unbounded.
+        type: a msgspec-supported type (Struct, dataclass, union, ...). Items are then
+            encoded with msgspec and validated when received: a message of the wrong shape
+            raises :class:`aioproc.ValidationError` naming the field, and only that
+            message is lost.
+
+    Items from one producer arrive in the order they were put. ``close()`` ends the queue
+    for everyone: puts then raise ``ClosedResourceError``, and getters receive what is
+    left, then ``EndOfStream`` (an ``async for`` simply ends).
+    """
+
+    _kind = "queue"
+
+    def __init__(self, maxsize: int = 0, *, type: Any = _UNTYPED) -> None:
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+            raise TypeError(f"maxsize must be an int; got {builtins.type(maxsize).__name__}")
+        if maxsize < 0:
+            raise ValueError(f"maxsize must be at least 0; got {maxsize}")
+        if type is not _UNTYPED:
+            try:
+                msgspec.msgpack.Decoder(type)
+            except TypeError as exc:
+                raise TypeError(f"type must be a msgspec-supported type: {exc}") from None
+        self._create({"maxsize": maxsize}, {"maxsize": maxsize, "type": type})
+        self._rebuilt()
+
+    def _rebuilt(self) -> None:
+        self._codec = _Codec(self._extra["type"])
+        self._maxsize: int = self._extra["maxsize"]
+        self.sync = QueueSync(self)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    async def put(self, item: T) -> None:
+        """Put ``item``; wait while the queue is full."""
+        blob = self._codec.encode(item)
+        if self._maxsize == 0:
+            # Unbounded: nothing to wait for, so send without waiting for an answer.
+            self._endpoint.post(self._oid, _objects.OP_PUT, blob)
+        else:
+            await self._endpoint.call(self._oid, _objects.OP_PUT, blob)
+
+    def put_nowait(self, item: T) -> None:
+        """Put ``item`` or raise ``aioproc.WouldBlock`` (a ``queue.Full``) if full."""
+        blob = self._codec.encode(item)
+        if self._maxsize == 0:
+            self._endpoint.post(self._oid, _objects.OP_PUT, blob)
+        else:
+            self._endpoint.call_sync(self._oid, _objects.OP_PUT_NOWAIT, blob)
+
+    async def get(self) -> T:
+        """Remove and return the next item; wait while the queue is empty.
+
+        Raises:
+            EndOfStream: the queue is closed and empty.
+            ValidationError: (typed queue) the message does not match the type.
+        """
+        blob = await self._endpoint.call(
+            self._oid, _objects.OP_GET, undo=(self._oid, _objects.OP_PUT_FRONT, True)
+        )
+        return self._codec.decode(blob)  # type: ignore[no-any-return]
+
+    def get_nowait(self) -> T:
+        """Return the next item or raise ``aioproc.WouldBlock`` (a ``queue.Empty``)."""
+        blob = self._endpoint.call_sync(self._oid, _objects.OP_GET_NOWAIT)
+        return self._codec.decode(blob)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the queue for every process: no more puts; gets drain what is left."""
+        self._endpoint.call_sync(self._oid, _objects.OP_CLOSE)
+
+    def statistics(self) -> QueueStatistics:
+        stats = _objects_stats(self)
+        return QueueStatistics(**stats)
+
+    def qsize(self) -> int:
+        return self.statistics().size
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return 0 < self._maxsize <= self.qsize()
+
+    def __aiter__(self) -> Queue[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.get()
+        except EndOfStream:
+            raise StopAsyncIteration from None
+
+
+class QueueSync(Generic[T]):
+    """Blocking twins of the queue's methods, for plain code (``queue.sync``)."""
+
+    def __init__(self, queue: Queue[T]) -> None:
+        self._queue = queue
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        q = self._queue
+        blob = q._codec.encode(item)
+        if q._maxsize == 0:
+            q._endpoint.post(q._oid, _objects.OP_PUT, blob)
+        else:
+            q._endpoint.call_sync(q._oid, _objects.OP_PUT, blob, timeout)
+
+    def get(self, timeout: float | None = None) -> T:
+        q = self._queue
+        blob = q._endpoint.call_sync(
+            q._oid, _objects.OP_GET, b"", timeout, undo=(q._oid, _objects.OP_PUT_FRONT, True)
+        )
+        return q._codec.decode(blob)  # type: ignore[no-any-return]
+
+    def put_nowait(self, item: T) -> None:
+        self._queue.put_nowait(item)
+
+    def get_nowait(self) -> T:
+        return self._queue.get_nowait()
+
+    def close(self) -> None:
+        self._queue.close()
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def full(self) -> bool:
+        return self._queue.full()
+
+    def __iter__(self) -> QueueSync[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            return self.get()
+        except EndOfStream:
+            raise StopIteration from None
+
+
+def _objects_stats(proxy: Proxy) -> dict[str, Any]:
+    import pickle
+
+    data: dict[str, Any] = pickle.loads(proxy._endpoint.call_sync(proxy._oid, _objects.OP_STATS))
+    return data
+
+
+for _cls in (Queue, QueueSync, QueueStatistics):
+    _cls.__module__ = "aioproc"
