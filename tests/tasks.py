@@ -215,3 +215,86 @@ def count_pulled(counter: list[int], n: int) -> Any:
 
 def getenv(name: str) -> str | None:
     return os.environ.get(name)
+
+
+# --- IPC -----------------------------------------------------------------------------------
+
+
+def put_all(q: Any, items: list[Any]) -> int:
+    for item in items:
+        q.sync.put(item)
+    return len(items)
+
+
+def square_numbers(numbers: Any, q: Any) -> None:
+    for num in numbers:
+        q.sync.put(num * num)
+
+
+def cube_numbers(numbers: Any, q: Any) -> None:
+    for num in numbers:
+        q.sync.put(num * num * num)
+
+
+def drain(q: Any) -> list[Any]:
+    return list(q.sync)
+
+
+def get_with_timeout(q: Any, timeout: float) -> Any:
+    try:
+        return q.sync.get(timeout=timeout)
+    except TimeoutError:
+        return "timeout"
+
+
+async def async_get(q: Any) -> Any:
+    return await q.get()
+
+
+def pipe_send_cube(conn: Any, x: int) -> None:
+    conn.sync.send(x**3)
+
+
+def pipe_echo(conn: Any) -> int:
+    count = 0
+    for message in conn.sync:
+        conn.sync.send(("echo", message))
+        count += 1
+    return count
+
+
+def lock_and_die(lock: Any) -> None:
+    lock.sync.acquire()
+    os._exit(9)
+
+
+def increment_file(lock: Any, path: str, times: int) -> None:
+    for _ in range(times):
+        with lock.sync:
+            p = Path(path)
+            p.write_text(str(int(p.read_text()) + 1))
+
+
+def wait_event(event: Any, timeout: float) -> bool:
+    return bool(event.sync.wait(timeout))
+
+
+def set_event(event: Any) -> None:
+    event.sync.set()
+
+
+def barrier_wait(barrier: Any) -> int:
+    return int(barrier.sync.wait())
+
+
+def notify_after(cond: Any, flag: Any) -> None:
+    with cond.sync:
+        flag.sync.put("ready")
+        cond.sync.notify_all()
+
+
+def forward(inbox: Any) -> Any:
+    """Receive a queue through a queue, and use it."""
+    outbox = inbox.sync.get()
+    outbox.sync.put("through")
+    return "ok"

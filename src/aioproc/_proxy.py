@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 from typing import Any
 
@@ -48,7 +49,12 @@ class Proxy:
         if endpoint.hub is not None:
             # Whoever receives this will connect: serve connections from this loop.
             endpoint.hub.ensure_attached()
-        return (_rebuild, (type(self), endpoint.address, endpoint.key, self._oid, self._extra))
+        # The pickle holds a handle of its own until the receiver adopts it, so the object
+        # survives its sender closing or dropping its proxy meanwhile.
+        token = os.urandom(8)
+        endpoint.post(self._oid, _hub.OP_TRANSIT, token)
+        args = (type(self), endpoint.address, endpoint.key, self._oid, self._extra, token)
+        return (_rebuild, args)
 
     def _rebuilt(self) -> None:
         """Set up what is derived from ``_extra`` (after creation or unpickling)."""
@@ -60,9 +66,11 @@ class Proxy:
         return f"<aioproc.{type(self).__name__} {self._oid}>"
 
 
-def _rebuild(cls: type[Proxy], address: str, key: bytes, oid: int, extra: dict[str, Any]) -> Proxy:
+def _rebuild(
+    cls: type[Proxy], address: str, key: bytes, oid: int, extra: dict[str, Any], token: bytes
+) -> Proxy:
     endpoint = _hub.endpoint(address, key)
-    endpoint.post(oid, _hub.OP_ATTACH)
+    endpoint.post(oid, _hub.OP_ADOPT, token)
     obj = cls.__new__(cls)
     obj._bind(endpoint, oid, extra)
     obj._rebuilt()

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ("HOST", "Endpoint", "Hub", "endpoint", "local_hub", "set_default")
 
-OP_CREATE, OP_ATTACH, OP_DETACH, OP_CANCEL = 94, 91, 92, 93
+OP_CREATE, OP_ATTACH, OP_DETACH, OP_CANCEL, OP_TRANSIT, OP_ADOPT = 94, 91, 92, 93, 95, 96
 STATUS_OK, STATUS_ERROR, STATUS_CANCELLED = 0, 1, 2
 
 _READ = 1 << 18
@@ -199,6 +199,10 @@ class Hub:
         _spawn.register_fds(self.listener.fileno())
         self.objects: dict[int, _objects.State] = {}
         self.oids = itertools.count(1)
+        # A pickled proxy holds a handle while in transit (token -> oid), so that the
+        # object outlives its sender's handle until the receiver adopts it.
+        self.transits: dict[int, int] = {}
+        self.adopted_early: set[int] = set()
         self.conns: dict[int, _Conn] = {}
         self.dirty: set[_Conn] = set()
         self.backend: Backend | None = None
@@ -220,6 +224,23 @@ class Hub:
         state.handles += 1
         if conn is not None:
             conn.handles[oid] += 1
+
+    def transit(self, oid: int, token: int) -> None:
+        if token in self.adopted_early:  # the receiver was faster than our message
+            self.adopted_early.discard(token)
+            return
+        state = self.objects.get(oid)
+        if state is not None:
+            state.handles += 1
+            self.transits[token] = oid
+
+    def adopt(self, oid: int, token: int, conn: _Conn | None = None) -> None:
+        if self.transits.pop(token, None) is not None:
+            if conn is not None:
+                conn.handles[oid] += 1
+            return
+        self.adopted_early.add(token)
+        self.attach(oid, conn)
 
     def detach(self, oid: int, conn: _Conn | None = None) -> None:
         state = self.objects.get(oid)
@@ -346,6 +367,12 @@ class Hub:
             if op == OP_ATTACH:
                 self.attach(msg.oid, conn)
                 return
+            if op == OP_TRANSIT:
+                self.transit(msg.oid, int.from_bytes(msg.arg, "little"))
+                return
+            if op == OP_ADOPT:
+                self.adopt(msg.oid, int.from_bytes(msg.arg, "little"), conn)
+                return
             if op == OP_DETACH:
                 self.detach(msg.oid, conn)
                 return
@@ -449,6 +476,10 @@ class Hub:
                     self._send(conn)
             if not readable and not writable and timeout is not None and timeout <= 0:
                 return
+
+    def poll(self) -> None:
+        """Serve whatever is pending now, without waiting (connections that ended go)."""
+        self.pump(_LocalWaiter(), 0.0)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
@@ -837,6 +868,10 @@ class Endpoint:
             hub.attach(oid)
         elif op == OP_DETACH:
             hub.detach(oid)
+        elif op == OP_TRANSIT:
+            hub.transit(oid, int.from_bytes(arg, "little"))
+        elif op == OP_ADOPT:
+            hub.adopt(oid, int.from_bytes(arg, "little"))
         else:
             state = hub.objects.get(oid)
             if state is None:
