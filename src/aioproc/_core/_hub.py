@@ -58,6 +58,7 @@ STATUS_OK, STATUS_ERROR, STATUS_CANCELLED = 0, 1, 2
 
 _READ = 1 << 18
 _CHALLENGE = 32
+_FLUSH_AT = 1 << 18  # pending posts written by the caller itself past this size
 
 
 class _Host:
@@ -338,9 +339,24 @@ class Hub:
         except Exception:
             self._lost(conn)  # framing lost or a hostile peer: drop that connection only
             return
+        objects = self.objects
+        queue_state = _objects.QueueState
         for msg in msgs:
-            if isinstance(msg, _wire.HubCall):
-                self._dispatch(conn, msg)
+            if not isinstance(msg, _wire.HubCall):
+                continue
+            if msg.rid == 0 and msg.op == _objects.OP_PUT:
+                # Fast path for the bulk of queue traffic: a post to a queue with room
+                # and nobody waiting is an append.
+                state = objects.get(msg.oid)
+                if (
+                    type(state) is queue_state
+                    and not state.getters
+                    and not state.closed
+                    and not state.full()
+                ):
+                    state.items.append(msg.arg)
+                    continue
+            self._dispatch(conn, msg)
         self.flush()
 
     def _dispatch(self, conn: _Conn, msg: _wire.HubCall) -> None:
@@ -580,25 +596,86 @@ class Client:
         self.waiters: dict[int, _ClientWaiter] = {}
         self.post_error: BaseException | None = None
         self.backend: Backend | None = None
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # one reader at a time
+        self.send_lock = threading.Lock()
+        self.io_lock = threading.Lock()
+        self.pending = bytearray()
+        self.idle = True
+        self.wake = threading.Event()
+        self.flusher: threading.Thread | None = None
         self.lost = False
 
+    # Writes. Posts (puts on an unbounded queue, set(), handle bookkeeping) are appended
+    # to ``pending`` and written by a flusher thread, so a producer putting many small
+    # items pays one syscall per batch, not per item. A request that wants an answer
+    # writes ``pending`` and itself at once, in order. ``send_lock`` guards ``pending``
+    # (held for an append); ``io_lock`` orders writes on the socket (held for a write).
+
     def _send(self, msg: _wire.HubCall) -> None:
-        frame = _wire.encode(msg)
-        with self.lock:
-            try:
-                self.sock.sendall(frame)
-            except OSError as exc:
-                self.lost = True
-                raise ClosedResourceError(f"lost the connection to the aioproc hub: {exc}") from exc
+        with self.io_lock:
+            with self.send_lock:
+                _wire.encode_into(msg, self.pending)
+                data, self.pending = self.pending, bytearray()
+            self._write(data)
+
+    def _write(self, data: bytes | bytearray) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.lost = True
+            raise ClosedResourceError(f"lost the connection to the aioproc hub: {exc}") from exc
 
     def post(self, oid: int, op: int, arg: bytes = b"") -> None:
         """Send an operation that needs no answer (a failure is raised by the next post)."""
+        if self.post_error is not None or self.lost:
+            self._raise_post_error()
+        with self.send_lock:
+            _wire.encode_into(_wire.HubCall(0, oid, op, arg), self.pending)
+            wake = self.idle
+            self.idle = False
+            large = len(self.pending) > _FLUSH_AT
+        if large:
+            self.flush()
+        elif wake:
+            if self.flusher is None:
+                self.flusher = threading.Thread(
+                    target=self._flush_loop, name="aioproc-hub-flusher", daemon=True
+                )
+                self.flusher.start()
+            self.wake.set()
+
+    def _raise_post_error(self) -> None:
         error = self.post_error
         if error is not None:
             self.post_error = None
             raise error
-        self._send(_wire.HubCall(0, oid, op, arg))
+        raise ClosedResourceError("lost the connection to the aioproc hub")
+
+    def flush(self) -> None:
+        """Write every pending post now."""
+        with self.io_lock:
+            with self.send_lock:
+                data, self.pending = self.pending, bytearray()
+            if data:
+                self._write(data)
+
+    def _flush_loop(self) -> None:
+        while not self.lost:
+            with self.io_lock:
+                with self.send_lock:
+                    data = self.pending
+                    if data:
+                        self.pending = bytearray()
+                    else:
+                        self.idle = True
+                        self.wake.clear()
+                if data:
+                    try:
+                        self._write(data)
+                    except ClosedResourceError:
+                        return
+                    continue
+            self.wake.wait()
 
     def _read_available(self) -> None:
         while True:
@@ -944,6 +1021,13 @@ def known_address() -> tuple[str, bytes] | None:
 
 def endpoint(address: str, key: bytes) -> Endpoint:
     return Endpoint(address, key)
+
+
+def flush_clients() -> None:
+    """Write what this process posted and has not sent yet (before it exits)."""
+    for client in list(_clients.values()):
+        with contextlib.suppress(Exception):
+            client.flush()
 
 
 def _after_fork_in_child() -> None:

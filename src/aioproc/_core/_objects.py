@@ -136,7 +136,7 @@ class QueueState(State):
             if self.items:
                 item = self.items.popleft()
                 if waiter.resolve(item):
-                    self._admit()
+                    self.admit()
                 else:
                     self.items.appendleft(item)
             elif self.closed:
@@ -163,7 +163,7 @@ class QueueState(State):
         else:
             self.unsupported(op, waiter)
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
         while self.putters and not self.full():
             putter, item = self.putters.popleft()
             if putter.resolve(OK):

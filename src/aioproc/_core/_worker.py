@@ -402,6 +402,9 @@ class Worker:
 
     def exit(self, code: int) -> NoReturn:
         self.flush_output()
+        hub = sys.modules.get("aioproc._core._hub")
+        if hub is not None:
+            hub.flush_clients()  # puts still buffered for the hub must not be lost
         try:
             self.channel.flush()
         except OSError:
