@@ -298,3 +298,15 @@ def forward(inbox: Any) -> Any:
     outbox = inbox.sync.get()
     outbox.sync.put("through")
     return "ok"
+
+
+async def cancelled_get_then_get(q: Any) -> Any:
+    """Cancel one get (it times out), then get again: nothing was lost in between."""
+    import asyncio as aio
+
+    try:
+        await aio.wait_for(q.get(), 0.1)
+    except TimeoutError:
+        pass
+    q.sync.put("marker-from-worker")
+    return await q.get()

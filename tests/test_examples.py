@@ -49,3 +49,22 @@ def test_every_example_has_a_test(script: str) -> None:
     tested = ast.parse(Path(__file__).read_text())
     names = {node.value for node in ast.walk(tested) if isinstance(node, ast.Constant)}
     assert script in names, f"examples/{script} is not exercised by a test"
+
+
+def test_queue_producers() -> None:
+    out = run_example("queue_producers.py").strip()
+    assert out.startswith("Results: ")
+    values = sorted(ast.literal_eval(out.removeprefix("Results: ")))
+    assert values == sorted([1, 1, 4, 8, 9, 27, 16, 64, 25, 125])
+
+
+def test_pipe_cube() -> None:
+    assert run_example("pipe_cube.py") == "6859\n"
+
+
+def test_queue_pipeline() -> None:
+    assert run_example("queue_pipeline.py") == "[2, 9, 28, 65, 126, 217, 344, 513, 730, 1001]\n"
+
+
+def test_lock_counter() -> None:
+    assert run_example("lock_counter.py") == "Counter: 4000\n"

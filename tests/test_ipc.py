@@ -96,6 +96,34 @@ async def test_fifo_per_producer_across_processes() -> None:
         assert [await q.get() for _ in range(2000)] == list(range(2000))
 
 
+async def test_puts_of_a_finished_task_precede_a_close() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        for _ in range(10):
+            q: aioproc.Queue[int] = aioproc.Queue()
+            await pool.apply(tasks.put_all, q, list(range(300)))
+            q.close()  # right after the result: every put must be in already
+            assert [x async for x in q] == list(range(300))
+
+
+async def test_cancelled_async_get_in_a_worker_loses_nothing() -> None:
+    q: aioproc.Queue[str] = aioproc.Queue()
+    async with aioproc.ProcessPool(1, concurrency=2) as pool:
+        # The worker's first get is cancelled; its second gets the worker's own marker.
+        assert await pool.apply(tasks.cancelled_get_then_get, q) == "marker-from-worker"
+        await q.put("after")
+        assert await q.get() == "after"
+        assert q.statistics().waiting_getters == 0
+
+
+async def test_typed_pipe() -> None:
+    a, b = aioproc.Pipe(type=Point)
+    await a.send(Point(1, 2))
+    await a.send({"x": 1, "y": "two"})  # type: ignore[arg-type]
+    assert await b.recv() == Point(1, 2)
+    with pytest.raises(aioproc.ValidationError, match=r"at `\$.y`"):
+        await b.recv()
+
+
 async def test_consumer_in_a_worker_and_close() -> None:
     q: aioproc.Queue[int] = aioproc.Queue(maxsize=3)
     async with aioproc.ProcessPool(1) as pool:

@@ -475,22 +475,24 @@ class Hub:
 
         while not waiter.finished():
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            rlist: list[Any] = [self.listener, *(c.sock for c in self.conns.values())]
-            wlist = [c.sock for c in self.conns.values() if c.outbuf]
-            readable, writable, _ = select.select(rlist, wlist, [], timeout)
-            for sock in readable:
-                if sock is self.listener:
+            poller = select.poll()  # not select(): no limit on fd numbers
+            poller.register(self.listener.fileno(), select.POLLIN)
+            for each in self.conns.values():
+                poller.register(each.fd, select.POLLIN | (select.POLLOUT if each.outbuf else 0))
+            events = poller.poll(None if timeout is None else timeout * 1000)
+            for fd, mask in events:
+                if fd == self.listener.fileno():
                     self._accept()
-                else:
-                    conn = self.conns.get(sock.fileno())
-                    if conn is not None:
-                        self._on_readable(conn)
-            for sock in writable:
-                conn = self.conns.get(sock.fileno())
-                if conn is not None:
-                    conn.writing = False
-                    self._send(conn)
-            if not readable and not writable and timeout is not None and timeout <= 0:
+                    continue
+                found = self.conns.get(fd)
+                if found is None:
+                    continue
+                if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    self._on_readable(found)
+                if mask & select.POLLOUT and not found.closed:
+                    found.writing = False
+                    self._send(found)
+            if not events and timeout is not None and timeout <= 0:
                 return
 
     def poll(self) -> None:
@@ -874,6 +876,9 @@ class Endpoint:
         deadline = None if timeout is None else time.monotonic() + timeout
         if hub.loop_thread not in (None, threading.get_ident()) and hub.backend is not None:
             return self._call_from_thread(oid, op, arg, deadline, undo)
+        # Apply what other processes already sent first: a task whose result we just
+        # saw has written its puts before its result, and a close() must come after them.
+        hub.poll()
         state = hub.objects.get(oid)
         if state is None:
             raise ClosedResourceError("the object no longer exists")

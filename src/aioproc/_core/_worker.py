@@ -266,11 +266,19 @@ class Worker:
         return self.event_loop().run_until_complete(coro)
 
     def flush_output(self) -> None:
+        """Send what the task printed, and what it posted to the IPC hub, before its result.
+
+        The parent may act on the result at once (close a queue the task filled): the
+        task's puts must already be on their way to the hub by then.
+        """
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
+        hub = sys.modules.get("aioproc._core._hub")
+        if hub is not None:
+            hub.flush_clients()
 
     def call(self, msg: _wire.Call) -> _wire.Message | None:
         """Run one Call; return the frame that answers it (None for streams, which reply
@@ -402,9 +410,6 @@ class Worker:
 
     def exit(self, code: int) -> NoReturn:
         self.flush_output()
-        hub = sys.modules.get("aioproc._core._hub")
-        if hub is not None:
-            hub.flush_clients()  # puts still buffered for the hub must not be lost
         try:
             self.channel.flush()
         except OSError:
