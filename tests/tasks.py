@@ -310,3 +310,16 @@ async def cancelled_get_then_get(q: Any) -> Any:
         pass
     q.sync.put("marker-from-worker")
     return await q.get()
+
+
+def try_lock(lock: Any, timeout: float) -> bool:
+    got = bool(lock.sync.acquire(timeout=timeout))
+    if got:
+        lock.sync.release()
+    return got
+
+
+def hold_lock_until(lock: Any, event: Any) -> int:
+    with lock.sync:
+        event.sync.wait(30)
+    return os.getpid()

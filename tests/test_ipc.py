@@ -189,11 +189,14 @@ def test_bad_queue_arguments() -> None:
 # --- Pipe ---------------------------------------------------------------------------------
 
 
-async def test_pipe_between_processes() -> None:
+async def test_pipe_between_processes(start_method: str) -> None:
     a, b = aioproc.Pipe()
-    async with aioproc.ProcessPool(1) as pool:
+    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
         await pool.apply(tasks.pipe_send_cube, b, 19)
         assert await a.recv() == 6859
+        b.close()
+    # The worker's handle went with the pool, ours is closed: the stream ends.
+    assert [x async for x in a] == []
 
 
 async def test_pipe_echo_and_end_of_stream() -> None:
@@ -254,9 +257,26 @@ async def test_lock_guards_a_counter_across_processes(tmp_path: Path) -> None:
     assert counter.read_text() == "400"
 
 
-async def test_lock_owner_died() -> None:
+async def test_lock_across_processes_and_statistics() -> None:
     lock = aioproc.Lock()
-    async with aioproc.ProcessPool(1) as pool:
+    release = aioproc.Event()
+    async with aioproc.ProcessPool(2) as pool:
+        async with lock:
+            assert await pool.apply(tasks.try_lock, lock, 0.1) is False
+        assert not lock.locked()  # the worker's timed-out acquire holds nothing
+        holder = pool.submit(tasks.hold_lock_until, lock, release)
+        with anyio.fail_after(10):
+            while not lock.locked():
+                await anyio.sleep(0.01)
+        owner = lock.statistics().owner_pid
+        release.set()
+        assert await holder == owner
+        assert await pool.apply(tasks.try_lock, lock, 5) is True
+
+
+async def test_lock_owner_died(start_method: str) -> None:
+    lock = aioproc.Lock()
+    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
         with pytest.raises(aioproc.WorkerDiedError):
             await pool.apply(tasks.lock_and_die, lock)
         with anyio.fail_after(10), pytest.raises(aioproc.LockOwnerDiedError):
