@@ -2,16 +2,18 @@
 
 `FIGURES` maps a figure name to a `Figure` whose `runners` map an implementation name to a
 coroutine function `runner(sizes) -> Measurement`. A figure without a runner for some
-implementation shows "n/a" there. To add a figure later (queue, lock, event), write one
-runner per implementation and register it::
+implementation shows "n/a" there. To add a figure, write one runner per implementation and
+register it::
 
     FIGURES["lock"] = Figure(
         name="lock", unit="µs", better="lower",
         about="median uncontended acquire+release from async code",
-        runners={"aioproc": lock_aioproc, "mp_lock": lock_mp_via_executor},
+        runners={"aioproc": lock_aioproc, "mp_ipc": lock_mp},
     )
 
-and add any new non-pool peer to `_impls.IMPLS` with `open_pool=None`.
+and add any new non-pool peer to `_impls.IMPLS` with `open_pool=None`. The IPC figures (queue,
+lock, event) are measured in `_ipc`, whose functions return `(value, detail)`; `_ipc_runners`
+turns them into runners.
 
 Each runner call happens in a fresh event loop (`asyncio.run`) under a timeout; a figure with
 `samples > 1` is called that many times and reports the median. With `fresh_process`, every
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _tasks
+from . import _ipc, _tasks
 from ._impls import IMPLS, START_METHODS, Impl, PoolOps
 from ._proc import CpuSnapshot
 
@@ -59,6 +61,11 @@ class Sizes:
     scaling_task_s: float
     payload_bytes: int
     payload_samples: int
+    queue_items: int
+    lock_warmup: int
+    lock_samples: int
+    event_warmup: int
+    event_rounds: int
 
     @classmethod
     def make(cls, *, workers: int, quick: bool, timeout_s: float | None = None) -> Sizes:
@@ -79,6 +86,11 @@ class Sizes:
                 scaling_task_s=0.020,
                 payload_bytes=8 * 2**20,
                 payload_samples=3,
+                queue_items=20_000,
+                lock_warmup=200,
+                lock_samples=2_000,
+                event_warmup=30,
+                event_rounds=300,
             )
         return cls(
             workers=workers,
@@ -95,6 +107,11 @@ class Sizes:
             scaling_task_s=0.020,
             payload_bytes=64 * 2**20,
             payload_samples=5,
+            queue_items=200_000,
+            lock_warmup=1_000,
+            lock_samples=20_000,
+            event_warmup=200,
+            event_rounds=2_000,
         )
 
 
@@ -399,6 +416,18 @@ def _startup_runners(method: str) -> dict[str, Runner]:
     return runners
 
 
+async def _from_ipc(
+    measure: Callable[[Sizes], Awaitable[_ipc.Result]], sizes: Sizes
+) -> Measurement:
+    value, detail = await measure(sizes)
+    return Measurement(value, detail)
+
+
+def _ipc_runners(**measures: Callable[[Sizes], Awaitable[_ipc.Result]]) -> dict[str, Runner]:
+    """Runners from `_ipc` functions, by implementation name."""
+    return {impl: functools.partial(_from_ipc, measure) for impl, measure in measures.items()}
+
+
 def _startup_samples(sizes: Sizes) -> int:
     return sizes.startup_samples
 
@@ -469,6 +498,42 @@ FIGURES: dict[str, Figure] = {
             better="higher",
             about="large `bytes` to a worker, its length back",
             runners=_for_pools(payload),
+        ),
+        Figure(
+            name="queue",
+            unit="msgs/s",
+            better="higher",
+            about="small ints from a child producer to an async consumer in the parent,"
+            " child's first put to parent's last get",
+            runners=_ipc_runners(
+                aioproc=_ipc.queue_aioproc,
+                mp_ipc=_ipc.queue_mp,
+                mp_pipe=_ipc.queue_mp_pipe,
+                aioprocessing=_ipc.queue_aioprocessing,
+            ),
+        ),
+        Figure(
+            name="lock",
+            unit="µs",
+            better="lower",
+            about="median uncontended acquire + release from async code",
+            runners=_ipc_runners(
+                aioproc=_ipc.lock_aioproc,
+                mp_ipc=_ipc.lock_mp,
+                aioprocessing=_ipc.lock_aioprocessing,
+            ),
+        ),
+        Figure(
+            name="event",
+            unit="µs",
+            better="lower",
+            about="median set() in one process to await wait() returning in another"
+            " (half a two-event ping-pong with a child)",
+            runners=_ipc_runners(
+                aioproc=_ipc.event_aioproc,
+                mp_ipc=_ipc.event_mp,
+                aioprocessing=_ipc.event_aioprocessing,
+            ),
         ),
     )
 }

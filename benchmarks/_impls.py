@@ -276,6 +276,30 @@ IMPLS: dict[str, Impl] = {
             default_start="spawn",
         ),
         Impl(
+            name="mp_ipc",
+            imports=("multiprocessing.queues", "multiprocessing.synchronize"),
+            distribution=None,
+            about="multiprocessing.Queue / Lock / Event with a multiprocessing.Process child;"
+            " blocking get / acquire / wait via loop.run_in_executor(None, ...)",
+            default_start=_MP_DEFAULT,
+        ),
+        Impl(
+            name="mp_pipe",
+            imports=("multiprocessing.connection",),
+            distribution=None,
+            about="hand-rolled queue: multiprocessing.Pipe(duplex=False), send() per item;"
+            " loop.add_reader calling recv() while poll(), into an asyncio.Queue",
+            default_start=_MP_DEFAULT,
+        ),
+        Impl(
+            name="aioprocessing",
+            imports=("aioprocessing",),
+            distribution="aioprocessing",
+            about="aioprocessing.AioQueue / AioLock / AioEvent with an AioProcess child;"
+            " coro_get / coro_acquire / coro_wait",
+            default_start=_MP_DEFAULT,
+        ),
+        Impl(
             name="raw_pipe",
             imports=(),
             distribution=None,

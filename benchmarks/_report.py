@@ -51,7 +51,7 @@ def machine(workers: int) -> dict[str, Any]:
 
 def format_value(value: float, unit: str) -> str:
     """A value for a table cell, in the figure's unit (which the row label names)."""
-    if unit == "tasks/s":
+    if unit in ("tasks/s", "msgs/s"):
         for scale, suffix in ((1e6, "M"), (1e3, "k")):
             if value >= scale:
                 return f"{value / scale:.3g}{suffix}"

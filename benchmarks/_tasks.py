@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,3 +69,75 @@ def pipe_echo(rfd: int, wfd: int) -> None:
             return
         (x,) = _FRAME.unpack(request)
         os.write(wfd, _FRAME.pack(double(x)))
+
+
+# -- IPC figures: the child side (queue producer, event echo) -------------------------------
+
+
+def clock() -> float:
+    """Seconds on CLOCK_MONOTONIC: one clock for every process on the machine.
+
+    A reading taken in a child can be subtracted from one taken in the parent, which is how
+    the queue figure times from the producer's first put to the consumer's last get.
+    """
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+QUEUE_READY = -1
+"""The producer's first item, not timed: the channel is set up (connected, threads started)."""
+
+
+def queue_produce_aioproc(q: Any, n: int) -> int:
+    """Put `n` small ints on an `aioproc.Queue` as fast as possible (a pool task).
+
+    The readiness item goes first; the clock starts after it, and the last item is
+    `(start, end)` of the puts on `clock()`, for the parent to time the stream.
+    """
+    q.sync.put(QUEUE_READY)
+    t0 = clock()
+    for i in range(n):
+        q.sync.put(i)
+    q.sync.put((t0, clock()))
+    return n
+
+
+def queue_produce_mp(q: Any, n: int) -> None:
+    """`queue_produce_aioproc` for a `multiprocessing.Queue` (or aioprocessing's `AioQueue`)."""
+    q.put(QUEUE_READY)
+    t0 = clock()
+    for i in range(n):
+        q.put(i)
+    q.put((t0, clock()))
+
+
+def queue_produce_pipe(conn: Any, n: int) -> None:
+    """`queue_produce_aioproc` for the write end of a `multiprocessing.Pipe`."""
+    conn.send(QUEUE_READY)
+    t0 = clock()
+    for i in range(n):
+        conn.send(i)
+    conn.send((t0, clock()))
+    conn.close()
+
+
+def event_echo_aioproc(ping: Any, pong: Any, rounds: int, timeout: float) -> int:
+    """Answer `rounds` pings on two `aioproc.Event`s: wait for ping, clear it, set pong.
+
+    Returns:
+        The rounds answered (fewer if a ping did not come within `timeout` seconds).
+    """
+    for done in range(rounds):
+        if not ping.sync.wait(timeout):
+            return done
+        ping.sync.clear()
+        pong.sync.set()
+    return rounds
+
+
+def event_echo_mp(ping: Any, pong: Any, rounds: int, timeout: float) -> None:
+    """`event_echo_aioproc` for `multiprocessing.Event`s (or aioprocessing's `AioEvent`)."""
+    for _ in range(rounds):
+        if not ping.wait(timeout):
+            return
+        ping.clear()
+        pong.set()

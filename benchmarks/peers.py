@@ -8,8 +8,9 @@ Usage (from the project root)::
 Each implementation runs in its own child process (`--child IMPL --figures ...`), so one
 peer's workers and threads never disturb another's; the parent only collects the children's
 JSON reports, prints the machine, the table and the ratio of aioproc to the best peer
-(direction-aware: lower is better for latency, startup and idle, higher for the rest), and
-optionally writes everything as JSON. Peers that are not installed are left out.
+(direction-aware: lower is better for latency, startup, idle, lock and event, higher for
+the rest), and optionally writes everything as JSON. Peers that are not installed are left
+out.
 
 This module is imported as `__main__`/`__mp_main__` by the workers some peers start, so it
 imports nothing at module level beyond `sys`; the real work lives in the private modules.
@@ -36,6 +37,9 @@ def _csv(text: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
+    from ._figures import FIGURES
+
+    choices = list(dict.fromkeys(name.split(".")[0] for name in FIGURES))
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.peers",
         description="Benchmark aioproc against its peers; one child process per implementation.",
@@ -44,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         type=_csv,
         metavar="FIGURE[,FIGURE]",
-        help="figures to run (startup also selects startup.*); default all",
+        help=f"figures to run, from {', '.join(choices)} (startup also selects startup.*);"
+        " default all",
     )
     parser.add_argument(
         "--impl",

@@ -14,16 +14,17 @@ def cube_sender(conn: aioproc.Connection[int], x: int) -> None:
 
 
 def cube_receiver(conn: aioproc.Connection[int]) -> None:
-    print(conn.sync.recv())  # printed in the worker, shown by the parent
+    print(conn.sync.recv())  # printed in the child, shown by the parent
 
 
 async def main() -> None:
     x_conn, y_conn = aioproc.Pipe()
-    async with aioproc.ProcessPool(2) as pool:
-        p1 = pool.submit(cube_sender, x_conn, 19)
-        p2 = pool.submit(cube_receiver, y_conn)
-        await p1
-        await p2
+    p1 = aioproc.Process(target=cube_sender, args=(x_conn, 19))
+    p2 = aioproc.Process(target=cube_receiver, args=(y_conn,))
+    p1.start()
+    p2.start()
+    await p1.join()
+    await p2.join()
 
 
 if __name__ == "__main__":

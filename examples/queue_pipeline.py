@@ -26,12 +26,11 @@ def add_one(inbox: aioproc.Queue[int], out: aioproc.Queue[int]) -> None:
 async def main() -> None:
     cubes: aioproc.Queue[int] = aioproc.Queue()
     results: aioproc.Queue[int] = aioproc.Queue()
-    async with aioproc.ProcessPool(2) as pool:
-        stage1 = pool.submit(cube, range(1, 11), cubes)
-        stage2 = pool.submit(add_one, cubes, results)
+    async with (
+        aioproc.Process(target=cube, args=(range(1, 11), cubes)),
+        aioproc.Process(target=add_one, args=(cubes, results)),
+    ):
         print([n async for n in results])
-        await stage1
-        await stage2
 
 
 if __name__ == "__main__":

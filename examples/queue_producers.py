@@ -3,8 +3,8 @@
     python examples/queue_producers.py
     Results: [1, 1, 4, 8, 9, 27, 16, 64, 25, 125]   (the order between producers varies)
 
-The producers run as pool tasks and use the queue's blocking view (``q.sync``), as plain
-code in a child would; the parent awaits ``q.get()`` in its event loop.
+The producers are plain functions in child processes and use the queue's blocking view
+(``queue.sync``); the parent awaits ``queue.get()`` in its event loop.
 """
 
 import asyncio
@@ -25,13 +25,15 @@ def cube_numbers(numbers: range, queue: aioproc.Queue[int]) -> None:
 async def main() -> None:
     numbers = range(1, 6)
     queue: aioproc.Queue[int] = aioproc.Queue()
-    async with aioproc.ProcessPool(2) as pool:
-        p1 = pool.submit(square_numbers, numbers, queue)
-        p2 = pool.submit(cube_numbers, numbers, queue)
-        await p1
-        await p2
-    queue.close()  # both producers are done: the loop below ends when the queue is drained
-    results = [x async for x in queue]
+    p1 = aioproc.Process(target=square_numbers, args=(numbers, queue))
+    p2 = aioproc.Process(target=cube_numbers, args=(numbers, queue))
+    p1.start()
+    p2.start()
+    await p1.join()
+    await p2.join()
+    results = []
+    while not queue.empty():
+        results.append(await queue.get())
     print("Results:", results)
 
 

@@ -323,3 +323,13 @@ def hold_lock_until(lock: Any, event: Any) -> int:
     with lock.sync:
         event.sync.wait(30)
     return os.getpid()
+
+
+def shout(name: str) -> str:
+    print(f"hello from {name}")
+    return name.upper()
+
+
+def sleep_then(value: Any, seconds: float) -> Any:
+    time.sleep(seconds)
+    return value

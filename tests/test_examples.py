@@ -68,3 +68,26 @@ def test_queue_pipeline() -> None:
 
 def test_lock_counter() -> None:
     assert run_example("lock_counter.py") == "Counter: 4000\n"
+
+
+def test_process_basics() -> None:
+    lines = run_example("process_basics.py").splitlines()
+    main_pid = lines[0].removeprefix("Main process ID: ")
+    workers = sorted(lines[1:3])
+    assert workers[0].startswith("Worker Alice: My process ID is ")
+    assert workers[1].startswith("Worker Bob: My process ID is ")
+    pids = {line.rsplit(" ", 1)[1] for line in workers}
+    assert len(pids) == 2
+    assert main_pid not in pids
+    assert lines[3] == "All worker processes finished."
+
+
+def test_process_sleepers() -> None:
+    lines = run_example("process_sleepers.py").splitlines()
+    assert sorted(lines[:10]) == sorted(
+        [f"Worker {i} started" for i in range(5)] + [f"Worker {i} finished" for i in range(5)]
+    )
+    # Each worker finishes after it starts; all of them before the parent's last line.
+    for i in range(5):
+        assert lines.index(f"Worker {i} started") < lines.index(f"Worker {i} finished")
+    assert lines[10:] == ["All workers completed"]

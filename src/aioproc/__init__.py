@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._pool import StreamIterator as StreamIterator
     from ._pool import Task as Task
     from ._pool import run as run
+    from ._process import Process as Process
     from ._queue import Queue as Queue
     from ._queue import QueueStatistics as QueueStatistics
     from ._sync import Barrier as Barrier
@@ -62,6 +63,7 @@ __all__ = (
     "Pipe",
     "PoolClosedError",
     "PoolStatistics",
+    "Process",
     "ProcessPool",
     "Queue",
     "QueueStatistics",
@@ -86,6 +88,7 @@ _LAZY = {
     "Event": "._sync",
     "Lock": "._sync",
     "Pipe": "._pipe",
+    "Process": "._process",
     "Queue": "._queue",
     "QueueStatistics": "._queue",
     "Semaphore": "._sync",

@@ -88,6 +88,7 @@ class PoolConfig:
         "initializer",
         "max_tasks_per_child",
         "max_workers",
+        "process",
         "retries",
         "start_method",
         "task_timeout",
@@ -103,6 +104,7 @@ class PoolConfig:
         retries: int,
         start_method: str,
         initializer: bytes,
+        process: bool = False,
     ) -> None:
         self.max_workers = max_workers
         self.concurrency = concurrency
@@ -111,6 +113,7 @@ class PoolConfig:
         self.retries = retries
         self.start_method = start_method
         self.initializer = initializer
+        self.process = process
 
 
 class Job:
@@ -251,6 +254,7 @@ class Dispatcher:
                 concurrency=self.config.concurrency,
                 log_level=level,
                 env=dict(os.environ) if self.config.start_method == "forkserver" else None,
+                process=self.config.process,
                 **_hub_settings(),
             )
         )

@@ -113,6 +113,7 @@ class Config(_Msg, tag=7):
     env: dict[str, str] | None = None  # forkserver: the parent's environment of today
     hub: str = ""  # where IPC objects live, if the parent has any (see _hub)
     hub_key: bytes = b""
+    process: bool = False  # an aioproc.Process: one call, then exit with its status
 
 
 # --- worker -> parent ---------------------------------------------------------------------

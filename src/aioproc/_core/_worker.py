@@ -179,6 +179,8 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.max_tasks = 0
         self.done = 0
+        self.process = False
+        self.exit_code = 0
         self.concurrency = 1
         self.stopping = False
         self.eof = False
@@ -204,6 +206,7 @@ class Worker:
 
             _hub.set_default(config.hub, config.hub_key)
         self.max_tasks = config.max_tasks
+        self.process = config.process
         self.concurrency = config.concurrency
         sys.stdout = _forward_stream(self.channel, 1, sys.__stdout__)
         sys.stderr = _forward_stream(self.channel, 2, sys.__stderr__)
@@ -305,6 +308,8 @@ class Worker:
                 self.stream(msg.id, fn(*args, **(kwargs or {})))
                 return None
         except BaseException as exc:
+            if self.process:
+                self.exit_code = _exit_status(exc)
             self.flush_output()
             return _wire.Failed(msg.id, _codec.dumps_error(exc))
         self.flush_output()
@@ -406,7 +411,7 @@ class Worker:
                     break
             # One write for every reply produced by what one read brought in.
             channel.flush()
-        self.exit(0)
+        self.exit(self.exit_code)
 
     def exit(self, code: int) -> NoReturn:
         self.flush_output()
@@ -460,6 +465,24 @@ class MainNamespace:
                 value = rebind(value)
             shared[name] = value
         return rebind(fn)
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The exit status of a process whose target raised ``exc``, as Python's own."""
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+    # As multiprocessing does for a Process: show the traceback where its output goes.
+    import traceback
+
+    print(f"Process {os.getpid()}:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+    return 1
 
 
 def load_payload(blob: bytes) -> Any:
