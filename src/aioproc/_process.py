@@ -22,6 +22,7 @@ __all__ = ("Process",)
 T = TypeVar("T")
 
 _counter = itertools.count(1)
+_running: set[Process[Any]] = set()
 
 
 class Process(Generic[T]):
@@ -108,10 +109,12 @@ class Process(Generic[T]):
         def on_exit() -> None:
             self.exitcode = worker.proc.exitcode
             self._ended = True
+            _running.discard(self)
             self._wake()
 
         worker.exited.append(on_exit)
         job.notify = lambda _: self._wake()
+        _running.add(self)  # a started process is not collected while it runs
         self._dispatcher = d
         self._job = job
 
