@@ -333,3 +333,8 @@ def shout(name: str) -> str:
 def sleep_then(value: Any, seconds: float) -> Any:
     time.sleep(seconds)
     return value
+
+
+def sleep_then_touch(path: str, seconds: float) -> None:
+    time.sleep(seconds)
+    Path(path).touch()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+from pathlib import Path
 
 import anyio
 import pytest
@@ -96,3 +98,14 @@ async def test_misuse_is_reported() -> None:
     with pytest.raises(RuntimeError, match="only be started once"):
         p.start()
     await p.join()
+
+
+async def test_a_dropped_process_keeps_running(tmp_path: Path) -> None:
+    from aioproc import _process
+
+    marker = tmp_path / "done"
+    aioproc.Process(target=tasks.sleep_then_touch, args=(str(marker), 0.2)).start()
+    gc.collect()
+    with anyio.fail_after(20):
+        while not marker.exists() or _process._running:
+            await anyio.sleep(0.02)
