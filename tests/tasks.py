@@ -338,3 +338,26 @@ def sleep_then(value: Any, seconds: float) -> Any:
 def sleep_then_touch(path: str, seconds: float) -> None:
     time.sleep(seconds)
     Path(path).touch()
+
+
+def increment_value(value: Any) -> None:
+    value.value += 1
+
+
+def locked_double(num: Any, arr: Any) -> None:
+    with num.get_lock().sync:
+        num.value += 1
+    with arr.get_lock().sync:
+        for i in range(len(arr)):
+            arr[i] *= 2
+
+
+def many_increments(value: Any, times: int) -> None:
+    lock = value.get_lock()
+    for _ in range(times):
+        with lock.sync:
+            value.value += 1
+
+
+def array_sum(arr: Any) -> float:
+    return float(sum(arr))

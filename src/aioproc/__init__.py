@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ._process import Process as Process
     from ._queue import Queue as Queue
     from ._queue import QueueStatistics as QueueStatistics
+    from ._shared import Array as Array
+    from ._shared import Value as Value
     from ._sync import Barrier as Barrier
     from ._sync import BoundedSemaphore as BoundedSemaphore
     from ._sync import BrokenBarrierError as BrokenBarrierError
@@ -49,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AioprocError",
+    "Array",
     "Barrier",
     "BoundedSemaphore",
     "BrokenBarrierError",
@@ -74,12 +77,14 @@ __all__ = (
     "StreamIterator",
     "Task",
     "ValidationError",
+    "Value",
     "WorkerDiedError",
     "WouldBlock",
     "run",
 )
 
 _LAZY = {
+    "Array": "._shared",
     "Barrier": "._sync",
     "BoundedSemaphore": "._sync",
     "BrokenBarrierError": "._sync",
@@ -92,6 +97,7 @@ _LAZY = {
     "Queue": "._queue",
     "QueueStatistics": "._queue",
     "Semaphore": "._sync",
+    "Value": "._shared",
     "MapIterator": "._pool",
     "PoolStatistics": "._pool",
     "ProcessPool": "._pool",

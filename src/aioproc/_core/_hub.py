@@ -39,6 +39,7 @@ import pickle
 import select
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import weakref
@@ -54,11 +55,13 @@ if TYPE_CHECKING:
 __all__ = ("HOST", "Endpoint", "Hub", "endpoint", "local_hub", "set_default")
 
 OP_CREATE, OP_ATTACH, OP_DETACH, OP_CANCEL, OP_TRANSIT, OP_ADOPT = 94, 91, 92, 93, 95, 96
+OP_GETFD = 97  # the reply carries the object's file descriptor (SCM_RIGHTS)
 STATUS_OK, STATUS_ERROR, STATUS_CANCELLED = 0, 1, 2
 
 _READ = 1 << 18
 _CHALLENGE = 32
 _FLUSH_AT = 1 << 18  # pending posts written by the caller itself past this size
+_RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 class _Host:
@@ -176,6 +179,8 @@ class _Conn:
         self.pid = pid
         self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
         self.outbuf = bytearray()
+        # Replies that carry an fd: [offset of the frame in outbuf, frame length, fd].
+        self.fd_frames: collections.deque[list[int]] = collections.deque()
         self.writing = False
         self.closed = False
         self.handles: collections.Counter[int] = collections.Counter()
@@ -183,6 +188,13 @@ class _Conn:
 
     def reply(self, rid: int, status: int, value: bytes) -> None:
         _wire.encode_into(_wire.HubReply(rid, status, value), self.outbuf)
+        self.hub.dirty.add(self)
+
+    def reply_fd(self, rid: int, fd: int) -> None:
+        """Reply with a duplicate of ``fd`` attached to the reply's first byte."""
+        start = len(self.outbuf)
+        _wire.encode_into(_wire.HubReply(rid, STATUS_OK, b""), self.outbuf)
+        self.fd_frames.append([start, len(self.outbuf) - start, os.dup(fd)])
         self.hub.dirty.add(self)
 
 
@@ -260,6 +272,7 @@ class Hub:
                     self._forget_pipe(oid, state)
             else:
                 del self.objects[oid]
+                state.release()
 
     def _forget_pipe(self, oid: int, state: _objects.PipeEndState) -> None:
         for key, value in list(self.objects.items()):
@@ -395,6 +408,12 @@ class Hub:
             state = self.objects.get(msg.oid)
             if state is None:
                 raise ClosedResourceError("the object no longer exists")
+            if op == OP_GETFD:
+                fd = getattr(state, "fd", None)
+                if fd is None:
+                    raise ValueError(f"a {state.kind} has no file descriptor")
+                conn.reply_fd(rid, fd)
+                return
             if rid:
                 conn.waiting[rid] = (msg.oid, waiter)
             state.handle(op, msg.arg, waiter)
@@ -418,17 +437,30 @@ class Hub:
             self._send(conn)
 
     def _send(self, conn: _Conn) -> None:
-        if conn.closed or not conn.outbuf or conn.writing:
+        if conn.closed or conn.writing:
             return
-        try:
-            n = conn.sock.send(conn.outbuf)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:
-            self._lost(conn)
-            return
-        del conn.outbuf[:n]
-        if conn.outbuf and self.backend is not None:
+        outbuf = conn.outbuf
+        fd_frames = conn.fd_frames
+        while outbuf:
+            try:
+                if fd_frames and fd_frames[0][0] == 0:
+                    _, length, fd = fd_frames.popleft()
+                    try:
+                        n = socket.send_fds(conn.sock, [outbuf[:length]], [fd])
+                    finally:
+                        os.close(fd)
+                else:
+                    limit = fd_frames[0][0] if fd_frames else len(outbuf)
+                    n = conn.sock.send(memoryview(outbuf)[:limit])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._lost(conn)
+                return
+            del outbuf[:n]
+            for entry in fd_frames:
+                entry[0] -= n
+        if outbuf and self.backend is not None:
             conn.writing = True
             self.backend.add_writer(conn.fd, functools_partial(self._on_writable, conn))
 
@@ -451,6 +483,9 @@ class Hub:
                     self.backend.remove_writer(conn.fd)
         _spawn.unregister_fds(conn.fd)
         conn.sock.close()
+        for _, _, fd in conn.fd_frames:
+            os.close(fd)
+        conn.fd_frames.clear()
         for oid, waiter in conn.waiting.values():
             state = self.objects.get(oid)
             if state is not None:
@@ -537,6 +572,8 @@ def make_states(kind: str, params: dict[str, Any], hub: Hub) -> list[_objects.St
         return [_objects.ConditionState(lock)]
     if kind == "barrier":
         return [_objects.BarrierState(params["parties"])]
+    if kind == "shm":
+        return [_objects.SharedMemoryState(params["size"])]
     if kind == "pipe":
         duplex = params["duplex"]
         a = _objects.PipeEndState(readable=True, writable=duplex)
@@ -605,6 +642,7 @@ class Client:
         self.idle = True
         self.wake = threading.Event()
         self.flusher: threading.Thread | None = None
+        self.fd_queue: collections.deque[int] = collections.deque()  # fds received, in order
         self.lost = False
 
     # Writes. Posts (puts on an unbounded queue, set(), handle bookkeeping) are appended
@@ -682,11 +720,13 @@ class Client:
     def _read_available(self) -> None:
         while True:
             try:
-                data = self.sock.recv(_READ, socket.MSG_DONTWAIT)
+                data, fds = _recv_with_fds(self.sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
+            if fds:
+                self.fd_queue.extend(fds)
             if not data:
                 self._lose()
                 return
@@ -964,6 +1004,21 @@ class Endpoint:
                 raise waiter.error
         hub.flush()
 
+    def get_fd(self, oid: int) -> int:
+        """A file descriptor of this process for object ``oid`` (shared memory)."""
+        hub = self.hub
+        if hub is not None:
+            state = hub.objects.get(oid)
+            fd = getattr(state, "fd", None)
+            if fd is None:
+                raise ClosedResourceError("the object no longer exists")
+            return os.dup(fd)
+        client = self.client
+        assert client is not None
+        with client.lock:
+            client.call_sync(oid, OP_GETFD)
+            return client.fd_queue.popleft()
+
     def create(self, kind: str, params: dict[str, Any]) -> list[int]:
         """Create an object on this endpoint's hub; the caller holds one handle on each."""
         hub = self.hub
@@ -974,6 +1029,24 @@ class Endpoint:
         assert self.client is not None
         oids: list[int] = pickle.loads(self.client.call_sync(0, OP_CREATE, spec))
         return oids
+
+
+_FD_SPACE = socket.CMSG_SPACE(8 * 4)
+
+
+def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """Non-blocking read that keeps any descriptors sent along (socket.recv_fds of
+    Python 3.11 ignores its flags, so it would block)."""
+    data, ancdata, _, _ = sock.recvmsg(_READ, _FD_SPACE, _RECV_FLAGS)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(
+                int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True)
+                for i in range(0, usable, 4)
+            )
+    return data, fds
 
 
 def _threadsafe(backend: Backend, fn: Any) -> None:

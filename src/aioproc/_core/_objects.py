@@ -94,6 +94,9 @@ class State:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def release(self) -> None:
+        """The last handle is gone: free what the object holds."""
+
     def unsupported(self, op: int, waiter: Waiter) -> None:
         waiter.fail(ValueError(f"operation {op} is not supported by a {self.kind}"))
 
@@ -468,3 +471,36 @@ class PipeEndState(State):
             "waiting_receivers": len(self.getters),
             "peer_closed": self.peer is None or self.peer.closed,
         }
+
+
+class SharedMemoryState(State):
+    """A block of shared memory: an anonymous memory file (``memfd``).
+
+    It has no name anywhere (nothing in ``/dev/shm`` to leak, nothing another user could
+    open); processes receive its descriptor from the hub. The hub closes its descriptor
+    when the last handle goes; the memory itself is freed by the kernel once every process
+    has unmapped it, crash or not.
+    """
+
+    kind = "shared memory"
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        import os
+
+        self.size = size
+        self.fd: int | None = os.memfd_create("aioproc", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, max(size, 1))
+
+    def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
+        if op == OP_STATS:
+            waiter.resolve(dumps({"size": self.size}))
+        else:
+            self.unsupported(op, waiter)
+
+    def release(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
