@@ -91,3 +91,11 @@ def test_process_sleepers() -> None:
     for i in range(5):
         assert lines.index(f"Worker {i} started") < lines.index(f"Worker {i} finished")
     assert lines[10:] == ["All workers completed"]
+
+
+def test_shared_value() -> None:
+    assert run_example("shared_value.py") == "Value: 1\n"
+
+
+def test_shared_array() -> None:
+    assert run_example("shared_array.py") == "Number: 4\nArray: [16.0, 32.0, 48.0]\n"
