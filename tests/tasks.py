@@ -361,3 +361,19 @@ def many_increments(value: Any, times: int) -> None:
 
 def array_sum(arr: Any) -> float:
     return float(sum(arr))
+
+
+def append_under_lock(lock: Any, shared_list: Any) -> None:
+    lock.sync.acquire()
+    shared_list.sync.append("New item")
+    lock.sync.release()
+
+
+def use_managed(d: Any, ns: Any) -> Any:
+    d.sync["from_child"] = [1, 2]
+    ns.sync.seen = True
+    try:
+        d.sync["missing"]
+    except KeyError as exc:
+        return f"KeyError {exc}"
+    return "no error"

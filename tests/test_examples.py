@@ -99,3 +99,7 @@ def test_shared_value() -> None:
 
 def test_shared_array() -> None:
     assert run_example("shared_array.py") == "Number: 4\nArray: [16.0, 32.0, 48.0]\n"
+
+
+def test_manager_list() -> None:
+    assert run_example("manager_list.py") == "Shared List: ['New item']\n"

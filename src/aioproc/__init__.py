@@ -26,6 +26,10 @@ from ._exceptions import WorkerDiedError as WorkerDiedError
 from ._exceptions import WouldBlock as WouldBlock
 
 if TYPE_CHECKING:
+    from ._manager import DictProxy as DictProxy
+    from ._manager import ListProxy as ListProxy
+    from ._manager import Manager as Manager
+    from ._manager import NamespaceProxy as NamespaceProxy
     from ._pipe import Connection as Connection
     from ._pipe import Pipe as Pipe
     from ._pool import MapIterator as MapIterator
@@ -58,11 +62,15 @@ __all__ = (
     "ClosedResourceError",
     "Condition",
     "Connection",
+    "DictProxy",
     "EndOfStream",
     "Event",
+    "ListProxy",
     "Lock",
     "LockOwnerDiedError",
+    "Manager",
     "MapIterator",
+    "NamespaceProxy",
     "Pipe",
     "PoolClosedError",
     "PoolStatistics",
@@ -90,6 +98,10 @@ _LAZY = {
     "BrokenBarrierError": "._sync",
     "Condition": "._sync",
     "Connection": "._pipe",
+    "DictProxy": "._manager",
+    "ListProxy": "._manager",
+    "Manager": "._manager",
+    "NamespaceProxy": "._manager",
     "Event": "._sync",
     "Lock": "._sync",
     "Pipe": "._pipe",

@@ -574,6 +574,8 @@ def make_states(kind: str, params: dict[str, Any], hub: Hub) -> list[_objects.St
         return [_objects.BarrierState(params["parties"])]
     if kind == "shm":
         return [_objects.SharedMemoryState(params["size"])]
+    if kind in ("dict", "list", "namespace"):
+        return [_objects.ContainerState(kind, params.get("initial"))]
     if kind == "pipe":
         duplex = params["duplex"]
         a = _objects.PipeEndState(readable=True, writable=duplex)

@@ -504,3 +504,110 @@ class SharedMemoryState(State):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+OP_METHOD = 60
+
+_ALLOWED: dict[str, frozenset[str]] = {
+    "dict": frozenset(
+        {
+            "__contains__",
+            "__delitem__",
+            "__getitem__",
+            "__len__",
+            "__setitem__",
+            "clear",
+            "copy",
+            "get",
+            "items",
+            "keys",
+            "pop",
+            "popitem",
+            "setdefault",
+            "update",
+            "values",
+        }
+    ),
+    "list": frozenset(
+        {
+            "__contains__",
+            "__delitem__",
+            "__getitem__",
+            "__len__",
+            "__setitem__",
+            "append",
+            "clear",
+            "copy",
+            "count",
+            "extend",
+            "index",
+            "insert",
+            "pop",
+            "remove",
+            "reverse",
+            "sort",
+        }
+    ),
+    "namespace": frozenset({"__getattr__", "__setattr__", "__delattr__", "copy"}),
+}
+
+
+class ContainerState(State):
+    """A dict, list or namespace held by the hub; processes call its methods.
+
+    Arguments and results travel pickled, so every caller works on copies, as with a
+    ``multiprocessing`` manager; an exception raised by the method (a KeyError, an
+    IndexError...) is sent back to the caller as itself.
+    """
+
+    def __init__(self, kind: str, initial: Any) -> None:
+        super().__init__()
+        self.kind = kind
+        self.allowed = _ALLOWED[kind]
+        if kind == "dict":
+            self.obj: Any = dict(initial or {})
+        elif kind == "list":
+            self.obj = list(initial or [])
+        else:
+            import types
+
+            self.obj = types.SimpleNamespace(**(initial or {}))
+
+    def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
+        if op == OP_STATS:
+            waiter.resolve(dumps({"kind": self.kind}))
+            return
+        if op != OP_METHOD:
+            self.unsupported(op, waiter)
+            return
+        try:
+            method, args, kwargs = pickle.loads(arg)
+            if method not in self.allowed:
+                raise AttributeError(f"a managed {self.kind} has no method {method!r}")
+            result = self.call(method, args, kwargs)
+            value = _dumps_value(result)
+        except Exception as exc:
+            waiter.fail(exc)
+            return
+        waiter.resolve(value)
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obj = self.obj
+        if self.kind == "namespace":
+            if method == "__getattr__":
+                return getattr(obj, *args)
+            if method == "__setattr__":
+                return setattr(obj, *args)
+            if method == "__delattr__":
+                return delattr(obj, *args)
+            return dict(vars(obj))
+        result = getattr(obj, method)(*args, **kwargs)
+        if method in ("keys", "values", "items"):
+            return list(result)
+        return result
+
+
+def _dumps_value(value: Any) -> bytes:
+    from . import _codec
+
+    return _codec.dumps(value)
