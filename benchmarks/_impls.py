@@ -232,7 +232,8 @@ IMPLS: dict[str, Impl] = {
             name="aioproc",
             imports=("aioproc", "aioproc._pool"),
             distribution="aioproc",
-            about="aioproc.ProcessPool: await pool.apply / pool.map",
+            about="aioproc.ProcessPool: await pool.apply / pool.map; aioproc.Queue / Lock /"
+            " Event: await get / acquire / wait in the parent, .sync in the child (a pool task)",
             open_pool=_open_aioproc,
             start_methods=START_METHODS,
             default_start="forkserver",

@@ -104,7 +104,10 @@ async def _consume(get: Callable[[], Awaitable[Any]], n: int) -> Result:
         "seconds": seconds,
         "producer_s": end_of_puts - start,
         "first_item_ms": 1e3 * (first - start),
-        "rate_after_first": (n - 1) / (last - first),
+        # Not the figure: timed from the consumer's first get instead, this flatters whoever
+        # buffers the stream before handing over item 0 (the hand-rolled pipe reads everything
+        # available per wake-up).
+        "rate_from_first_get": (n - 1) / (last - first),
     }
 
 

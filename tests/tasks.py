@@ -377,3 +377,19 @@ def use_managed(d: Any, ns: Any) -> Any:
     except KeyError as exc:
         return f"KeyError {exc}"
     return "no error"
+
+
+def describe_buffer(value: Any) -> tuple[str, int, Any]:
+    """Type name, size, and (for arrays) whether the received array is writable."""
+    writable = getattr(getattr(value, "flags", None), "writeable", None)
+    size = value.nbytes if hasattr(value, "nbytes") else len(value)
+    return type(value).__name__, size, writable
+
+
+def make_bytes(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256)
+
+
+def double_array(arr: Any) -> Any:
+    arr *= 2  # needs a writable array
+    return arr

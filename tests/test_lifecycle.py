@@ -187,3 +187,19 @@ def test_forked_children_do_not_keep_aioproc_fds() -> None:
         _spawn.unregister_fds(w)
         os.close(r)
         os.close(w)
+
+
+def test_a_forked_child_leaves_the_hub_of_its_parent_alone() -> None:
+    from aioproc._core import _hub
+
+    hub = _hub.local_hub()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        import gc
+
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.path.exists(hub.address)

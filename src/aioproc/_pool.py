@@ -300,10 +300,12 @@ class ProcessPool:
         d = self._engine()
         fn_id = d.function_id(fn)
         try:
-            payload = _codec.dumps((args, kwargs or None))
+            payload, release = _codec.dumps_maybe_large((args, kwargs or None))
         except SerializationError:
             raise _argument_error(args, kwargs) from None
-        return d, Job(fn_id, payload)
+        job = Job(fn_id, payload)
+        job.release = release  # large buffers wait in shared memory until the job ends
+        return d, job
 
     async def apply(
         self, fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs

@@ -97,8 +97,9 @@ class Process(Generic[T]):
             ),
         )
         fn_id = d.function_id(self._target)
-        payload = _codec.dumps((self._args, self._kwargs or None))
+        payload, release = _codec.dumps_maybe_large((self._args, self._kwargs or None))
         job = Job(fn_id, payload)
+        job.release = release
         d.start()
         d.submit(job)
         d.closing = True  # one task, no replacement worker

@@ -13,8 +13,11 @@ name, message and traceback.
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import traceback
+from typing import Any
 
 from .._exceptions import RemoteError, RemoteTraceback, SerializationError
 
@@ -122,3 +125,234 @@ def loads_error(data: bytes) -> BaseException:
         return SerializationError(f"expected an exception, got {type_name(exc)!r}")
     exc.__cause__ = RemoteTraceback(tb)
     return exc
+
+
+# --- large buffers through shared memory ------------------------------------------------------
+
+#: Buffers at least this large travel through shared memory instead of the pipe.
+OOB_THRESHOLD = 1 << 20
+
+
+def _is_big(value: object) -> bool:
+    if isinstance(value, bytes | bytearray):
+        return len(value) >= OOB_THRESHOLD
+    if isinstance(value, memoryview):
+        return value.nbytes >= OOB_THRESHOLD
+    nbytes = getattr(value, "nbytes", None)  # numpy arrays and the like
+    return isinstance(nbytes, int) and nbytes >= OOB_THRESHOLD and hasattr(value, "__reduce_ex__")
+
+
+def has_big_buffers(values: object) -> bool:
+    """Does ``values`` (an object, or a tuple/list/dict of them) hold a large buffer?"""
+    if _is_big(values):
+        return True
+    if isinstance(values, tuple | list):
+        return any(
+            _is_big(v) or (isinstance(v, tuple | list | dict) and has_big_buffers(v))
+            for v in values
+        )
+    if isinstance(values, dict):
+        return any(_is_big(v) for v in values.values())
+    return False
+
+
+def _rebuild_bytes(buffer: Any) -> bytes:
+    return bytes(buffer)
+
+
+def _rebuild_memoryview(buffer: Any) -> memoryview:
+    return memoryview(bytearray(buffer))
+
+
+class _Big:
+    """Stands in for a large ``bytes`` or ``memoryview`` while pickling.
+
+    The C pickler never consults ``reducer_override`` for ``bytes``, so large ones are
+    swapped for this wrapper, whose reduction hands the pickler an out-of-band buffer.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | memoryview) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        rebuild = _rebuild_bytes if type(self.value) is bytes else _rebuild_memoryview
+        return rebuild, (pickle.PickleBuffer(self.value),)
+
+
+def _wrap_big(value: Any) -> Any:
+    kind = type(value)
+    if kind is bytes and len(value) >= OOB_THRESHOLD:
+        return _Big(value)
+    if kind is memoryview and value.nbytes >= OOB_THRESHOLD:
+        return _Big(value)
+    if kind is tuple:
+        return tuple(_wrap_big(v) for v in value)
+    if kind is list:
+        return [_wrap_big(v) for v in value]
+    if kind is dict:
+        return {k: _wrap_big(v) for k, v in value.items()}
+    return value
+
+
+class OutOfBand:
+    """A pickle whose large buffers wait in a block of shared memory."""
+
+    __slots__ = ("address", "data", "key", "layout", "oid", "token")
+
+    def __init__(
+        self, data: bytes, address: str, key: bytes, oid: int, layout: list[tuple[int, int, bool]]
+    ) -> None:
+        self.data = data
+        self.address = address
+        self.key = key
+        self.oid = oid
+        self.layout = layout
+        self.token = b""
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_oob,
+            (self.data, self.address, self.key, self.oid, self.layout, self.token),
+        )
+
+
+def _rebuild_oob(data: bytes, address: str, key: bytes, oid: int, layout: Any, token: bytes) -> Any:
+    oob = OutOfBand(data, address, key, oid, layout)
+    oob.token = token
+    return oob
+
+
+def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
+    """Pickle ``obj`` with its large buffers in a new block of shared memory.
+
+    Returns:
+        an :class:`OutOfBand` envelope and a callable that releases the sender's handle
+        on the block (once the receiver is done with it); or, when nothing large was
+        found after all, plain pickled bytes and None.
+    """
+
+    from . import _hub
+
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes >= OOB_THRESHOLD:
+            buffers.append(buffer)
+            return False
+        return True
+
+    out = io.BytesIO()
+    try:
+        pickle.Pickler(out, _PROTOCOL, buffer_callback=keep).dump(_wrap_big(obj))
+    except Exception:
+        return dumps(obj), None
+    data = out.getvalue()
+    if _MAIN in data or not buffers:
+        return dumps(obj), None
+    # (offset, size, writable): a read-only buffer (bytes) is read back with pread into a
+    # new bytes object; a writable one (a numpy array) is mapped, so the receiver's array
+    # is writable and shares the block instead of copying it.
+    layout: list[tuple[int, int, bool]] = []
+    offset = 0
+    for buffer in buffers:
+        raw = buffer.raw()
+        layout.append((offset, raw.nbytes, not raw.readonly))
+        offset += (raw.nbytes + 4095) & ~4095  # page-aligned, so each can be mapped alone
+    address, key = _hub.default_address()
+    endpoint = _hub.endpoint(address, key)
+    (oid,) = endpoint.create("shm", {"size": offset})
+    fd = endpoint.get_fd(oid)
+    try:
+        # Written through the descriptor, not a mapping: no page fault per page here.
+        for (start, _, _), buffer in zip(layout, buffers, strict=True):
+            view = buffer.raw()
+            done = 0
+            while done < view.nbytes:
+                done += os.pwrite(fd, view[done:], start + done)
+    finally:
+        os.close(fd)
+    envelope = OutOfBand(data, address, key, oid, layout)
+
+    def release() -> None:
+        endpoint.post(oid, _hub.OP_DETACH)
+
+    return envelope, release
+
+
+def dumps_maybe_large(obj: object) -> tuple[bytes, Any]:
+    """``dumps(obj)``, through shared memory if it holds large buffers.
+
+    Returns:
+        the bytes to send, and None or a callable releasing the block once received.
+    """
+    if not has_big_buffers(obj):
+        return dumps(obj), None
+    envelope, release = dumps_large(obj)
+    if isinstance(envelope, bytes):
+        return envelope, None
+    return _pickle_dumps(envelope, _PROTOCOL), release
+
+
+def dumps_result(obj: object) -> bytes:
+    """A worker's result: large buffers go through shared memory, handed to the parent.
+
+    The block is created by this process; a transit token passes its handle to whoever
+    unpickles the envelope, and this process lets go of its own.
+    """
+    from . import _hub
+
+    if not has_big_buffers(obj) or _hub.known_address() is None:
+        return dumps(obj)  # no hub the parent serves: through the pipe
+    envelope, release = dumps_large(obj)
+    if isinstance(envelope, bytes):
+        return envelope
+
+    token = os.urandom(8)
+    _hub.endpoint(envelope.address, envelope.key).post(envelope.oid, _hub.OP_TRANSIT, token)
+    envelope.token = token
+    release()
+    return _pickle_dumps(envelope, _PROTOCOL)
+
+
+def load_large(oob: OutOfBand) -> Any:
+    """Unpickle an :class:`OutOfBand` envelope, mapping its block of shared memory."""
+    import mmap
+
+    from . import _hub
+
+    if _hub.in_worker and _hub.known_address() is None:
+        _hub.set_default(oob.address, oob.key)  # now we know where the parent's hub is
+    endpoint = _hub.endpoint(oob.address, oob.key)
+    if oob.token:  # a result: take over the sender's handle, and let go once mapped
+        endpoint.post(oob.oid, _hub.OP_ADOPT, oob.token)
+    try:
+        fd = endpoint.get_fd(oob.oid)
+    finally:
+        if oob.token:
+            endpoint.post(oob.oid, _hub.OP_DETACH)
+    try:
+        buffers: list[Any] = []
+        for start, size, writable in oob.layout:
+            if writable:
+                block = mmap.mmap(fd, size, offset=start)
+                buffers.append(memoryview(block))
+            else:
+                data = os.pread(fd, size, start)
+                while len(data) < size:  # pread may return less on a huge read
+                    data += os.pread(fd, size - len(data), start + len(data))
+                buffers.append(data)
+    finally:
+        os.close(fd)
+    # numpy arrays rebuilt here view their mapping (zero-copy, writable): it stays alive as
+    # long as they do. bytes come back as the bytes pread made.
+    return pickle.loads(oob.data, buffers=buffers)
+
+
+def loads_any(blob: bytes) -> Any:
+    """``loads``, resolving a shared-memory envelope."""
+    value = loads(blob)
+    if type(value) is OutOfBand:
+        return load_large(value)
+    return value

@@ -127,6 +127,7 @@ class Job:
         "notify",
         "on_item",
         "payload",
+        "release",
         "retries",
         "started",
         "state",
@@ -159,6 +160,7 @@ class Job:
         self.timer: Handle | None = None
         self.started = 0.0
         self.retries = 0
+        self.release: Callable[[], None] | None = None  # frees shared memory of the args
 
     def finished(self) -> bool:
         return self.state > RUNNING
@@ -617,7 +619,7 @@ class Dispatcher:
             if job is not None:
                 self._advance(worker, job)
                 try:
-                    value = _codec.loads(msg.value)
+                    value = _codec.loads_any(msg.value)
                 except Exception as exc:
                     self._fail(job, SerializationError(f"cannot rebuild the result: {exc!r}"))
                 else:
@@ -631,7 +633,7 @@ class Dispatcher:
             job = worker.jobs.get(msg.id)
             if job is not None and job.on_item is not None:
                 try:
-                    item = _codec.loads(msg.value)
+                    item = _codec.loads_any(msg.value)
                 except Exception as exc:
                     worker.jobs.pop(msg.id)
                     self._advance(worker, job)
@@ -702,6 +704,11 @@ class Dispatcher:
         self._resolved(job)
 
     def _resolved(self, job: Job) -> None:
+        release = job.release
+        if release is not None:
+            job.release = None
+            with contextlib.suppress(Exception):
+                release()
         waiter = job.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

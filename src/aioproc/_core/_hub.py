@@ -221,7 +221,7 @@ class Hub:
         self.backend: Backend | None = None
         self.loop_thread: int | None = None
         self.pid = os.getpid()
-        self._finalizer = weakref.finalize(self, _remove_dir, self.dir, self.listener)
+        self._finalizer = weakref.finalize(self, _remove_dir, self.dir, self.listener, self.pid)
 
     # --- objects --------------------------------------------------------------------------
 
@@ -550,10 +550,11 @@ def functools_partial(fn: Any, *args: Any) -> Any:
     return functools.partial(fn, *args)
 
 
-def _remove_dir(path: str, listener: socket.socket) -> None:
+def _remove_dir(path: str, listener: socket.socket, pid: int) -> None:
     with contextlib.suppress(OSError):
         listener.close()
-    shutil.rmtree(path, ignore_errors=True)
+    if os.getpid() == pid:  # a forked child drops its copy; the socket is the parent's
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_states(kind: str, params: dict[str, Any], hub: Hub) -> list[_objects.State]:
@@ -1061,6 +1062,7 @@ def _threadsafe(backend: Backend, fn: Any) -> None:
 
 _local: Hub | None = None
 _default: tuple[str, bytes] | None = None
+in_worker = False  # set in pool workers and Process children
 _clients: dict[str, Client] = {}
 _lock = threading.Lock()
 
@@ -1092,6 +1094,8 @@ def known_address() -> tuple[str, bytes] | None:
     """The hub address this process would hand on, without creating a hub."""
     if _default is not None:
         return _default
+    if in_worker:
+        return None  # a worker's own hub would not be served while it waits for tasks
     local = _local
     if local is not None and local.pid == os.getpid():
         local.ensure_attached()  # children will connect: serve them from this loop

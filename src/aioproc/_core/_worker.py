@@ -201,9 +201,10 @@ class Worker:
             # older than the parent's: take the parent's as it is now.
             os.environ.clear()
             os.environ.update(config.env)
-        if config.hub:
-            from . import _hub
+        from . import _hub
 
+        _hub.in_worker = True
+        if config.hub:
             _hub.set_default(config.hub, config.hub_key)
         self.max_tasks = config.max_tasks
         self.process = config.process
@@ -488,7 +489,7 @@ def _exit_status(exc: BaseException) -> int:
 def load_payload(blob: bytes) -> Any:
     """Unpickle a call's arguments; a failure is the task's SerializationError."""
     try:
-        return _codec.loads(blob)
+        return _codec.loads_any(blob)
     except BaseException as exc:
         raise SerializationError(f"cannot rebuild the arguments in the worker: {exc!r}") from exc
 
@@ -496,7 +497,7 @@ def load_payload(blob: bytes) -> Any:
 def answer(task_id: int, result: Any) -> _wire.Message:
     """The frame that carries ``result`` back, or the error saying why it cannot."""
     try:
-        return _wire.Done(task_id, _codec.dumps(result))
+        return _wire.Done(task_id, _codec.dumps_result(result))
     except BaseException as exc:
         reason = exc.__cause__ if isinstance(exc, SerializationError) else exc
         err = SerializationError(
