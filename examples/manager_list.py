@@ -1,7 +1,7 @@
 """Tutorial port: a child appends to a Manager list under a Lock; the parent sees it.
 
-    python examples/manager_list.py
-    Shared List: ['New item']
+python examples/manager_list.py
+Shared List: ['New item']
 """
 
 import asyncio

@@ -1,8 +1,8 @@
 """Tutorial port: four processes bump a shared Value and double a shared Array, under locks.
 
-    python examples/shared_array.py
-    Number: 4
-    Array: [16.0, 32.0, 48.0]
+python examples/shared_array.py
+Number: 4
+Array: [16.0, 32.0, 48.0]
 """
 
 import asyncio

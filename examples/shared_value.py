@@ -1,7 +1,7 @@
 """Tutorial port: a child increments a shared Value; the parent reads the result.
 
-    python examples/shared_value.py
-    Value: 1
+python examples/shared_value.py
+Value: 1
 """
 
 import asyncio
