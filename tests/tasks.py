@@ -393,3 +393,34 @@ def make_bytes(size: int) -> bytes:
 def double_array(arr: Any) -> Any:
     arr *= 2  # needs a writable array
     return arr
+
+
+def create_value_and_die() -> None:
+    import aioproc
+
+    value = aioproc.Value("q", 7)  # created through the parent's hub
+    value.value += 1
+    os._exit(5)
+
+
+def make_queue_with(item: Any) -> Any:
+    import aioproc
+
+    q = aioproc.Queue()
+    q.sync.put(item)
+    return q
+
+
+def put_twice_then_set(q: Any, event: Any) -> str:
+    q.sync.put(1)  # a post: its failure comes back later
+    import time as _time
+
+    deadline = _time.monotonic() + 10
+    while _time.monotonic() < deadline:
+        try:
+            q.sync.put(2)
+        except Exception as exc:
+            event.sync.set()
+            return type(exc).__name__
+        _time.sleep(0.01)
+    return "no error"

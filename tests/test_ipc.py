@@ -333,3 +333,34 @@ async def test_barrier_with_workers() -> None:
         indices = sorted([mine, await workers[0], await workers[1]])
     assert indices == [0, 1, 2]
     assert barrier.parties == 3
+
+
+async def test_objects_created_in_a_worker_can_be_returned() -> None:
+    async with aioproc.ProcessPool(1) as pool:  # no IPC object in this process yet
+        q = await pool.apply(tasks.make_queue_with, "hello")
+        assert await q.get() == "hello"
+
+
+async def test_put_to_a_closed_queue_from_a_worker_is_reported_on_that_queue() -> None:
+    closed: aioproc.Queue[int] = aioproc.Queue()
+    closed.close()
+    event = aioproc.Event()
+    async with aioproc.ProcessPool(1) as pool:
+        assert await pool.apply(tasks.put_twice_then_set, closed, event) == "ClosedResourceError"
+    assert event.is_set()  # the failed put was not blamed on the event
+
+
+async def test_condition_wait_without_the_lock_does_not_take_it() -> None:
+    cond = aioproc.Condition()
+    with pytest.raises(RuntimeError, match="un-acquired lock"):
+        await cond.wait()
+    with anyio.fail_after(5):
+        async with cond:  # would deadlock if the failed wait had acquired the lock
+            pass
+
+
+def test_broken_barrier_error_is_an_aioproc_error() -> None:
+    import threading
+
+    assert issubclass(aioproc.BrokenBarrierError, aioproc.AioprocError)
+    assert issubclass(aioproc.BrokenBarrierError, threading.BrokenBarrierError)

@@ -28,8 +28,10 @@ class _Managed(Proxy):
         obj._rebuilt()
         return obj
 
-    def _rebuilt(self) -> None:
-        self.sync = _SYNC_VIEWS[type(self)](self)
+    @property
+    def sync(self) -> Any:
+        """Blocking twins of the methods, with Python's operators, for plain child code."""
+        return _SYNC_VIEWS[type(self)](self)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         blob = await self._endpoint.call(

@@ -37,7 +37,11 @@ class Connection(Proxy, Generic[T]):
     def _rebuilt(self) -> None:
         self._codec = _Codec(self._extra["type"])
         self._closed = False
-        self.sync = ConnectionSync(self)
+
+    @property
+    def sync(self) -> ConnectionSync[T]:
+        """Blocking twins of the connection's methods (with ``timeout``)."""
+        return ConnectionSync(self)
 
     def _check(self) -> None:
         if self._closed:

@@ -104,7 +104,6 @@ class Queue(Proxy, Generic[T]):
     def _rebuilt(self) -> None:
         self._codec = _Codec(self._extra["type"])
         self._maxsize: int = self._extra["maxsize"]
-        self.sync = QueueSync(self)
         # Puts on an unbounded queue need no answer: the shortest route to the hub.
         client = self._endpoint.client
         poster = client.post if client is not None else self._endpoint.post
@@ -113,6 +112,13 @@ class Queue(Proxy, Generic[T]):
     @property
     def maxsize(self) -> int:
         return self._maxsize
+
+    @property
+    def sync(self) -> QueueSync[T]:
+        """Blocking twins of the queue's methods (with ``timeout``), for plain code."""
+        # A new view each time: a view stored on the proxy would form a cycle and delay
+        # releasing the proxy's handle until the next garbage collection.
+        return QueueSync(self)
 
     async def put(self, item: T) -> None:
         """Put ``item``; wait while the queue is full."""

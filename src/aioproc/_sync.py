@@ -125,8 +125,10 @@ class _Acquirable(Proxy):
     ) -> None:
         self.release()
 
-    def _rebuilt(self) -> None:
-        self.sync = _AcquirableSync(self)
+    @property
+    def sync(self) -> _AcquirableSync:
+        """Blocking twins: ``acquire(blocking, timeout)``, ``release``, ``with``."""
+        return _AcquirableSync(self)
 
 
 class _AcquirableSync:
@@ -214,8 +216,10 @@ class Event(Proxy):
         self._create({})
         self._rebuilt()
 
-    def _rebuilt(self) -> None:
-        self.sync = _EventSync(self)
+    @property
+    def sync(self) -> _EventSync:
+        """Blocking twins: ``set``, ``clear``, ``is_set``, ``wait(timeout)``."""
+        return _EventSync(self)
 
     def set(self) -> None:
         self._endpoint.post(self._oid, _objects.OP_SET)
@@ -273,7 +277,11 @@ class Condition(Proxy):
 
     def _rebuilt(self) -> None:
         self._lock: Lock = self._extra["lock"]
-        self.sync = _ConditionSync(self)
+
+    @property
+    def sync(self) -> _ConditionSync:
+        """Blocking twins of the condition's methods."""
+        return _ConditionSync(self)
 
     async def acquire(self) -> bool:
         return await self._lock.acquire()
@@ -299,7 +307,10 @@ class Condition(Proxy):
                 _objects.OP_COND_WAIT,
                 undo=(self._lock._oid, _objects.OP_RELEASE, False),
             )
+        except Exception:
+            raise  # refused (the lock was not held): nothing was released
         except BaseException:
+            # Cancelled: the lock was released for the wait; hold it again, as promised.
             with anyio.CancelScope(shield=True):
                 await self._lock.acquire()
             raise
@@ -378,7 +389,11 @@ class Barrier(Proxy):
 
     def _rebuilt(self) -> None:
         self.parties: int = self._extra["parties"]
-        self.sync = _BarrierSync(self)
+
+    @property
+    def sync(self) -> _BarrierSync:
+        """Blocking twin: ``wait(timeout)``."""
+        return _BarrierSync(self)
 
     async def wait(self) -> int:
         """Wait for all parties; return this arrival's index (0 to parties - 1).

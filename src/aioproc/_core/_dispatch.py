@@ -912,10 +912,19 @@ class Dispatcher:
 
 
 def _hub_settings() -> dict[str, Any]:
-    """The IPC hub workers should use, if this process knows one already."""
+    """The IPC hub workers should use: IPC objects they create live there.
+
+    The hub is created now if need be (a listening socket, no thread): a worker that
+    creates a queue must be able to hand it back, which only a hub that the parent's event
+    loop serves allows.
+    """
     known = _hub.known_address()
     if known is None:
-        return {}
+        if _hub.in_worker:
+            return {}
+        hub = _hub.local_hub()
+        hub.ensure_attached()
+        known = hub.address, hub.key
     return {"hub": known[0], "hub_key": known[1]}
 
 

@@ -77,7 +77,7 @@ def _digest(key: bytes, challenge: bytes) -> bytes:
     return hmac.new(key, challenge, "sha256").digest()
 
 
-def _error_bytes(exc: BaseException) -> bytes:
+def _error_bytes(exc: object) -> bytes:
     try:
         return pickle.dumps(exc, 5)
     except Exception:
@@ -138,12 +138,13 @@ class _LocalWaiter:
 class _RemoteWaiter:
     """A waiter for a request that came over a connection."""
 
-    __slots__ = ("conn", "owner", "rid")
+    __slots__ = ("conn", "oid", "owner", "rid")
 
-    def __init__(self, conn: _Conn, rid: int) -> None:
+    def __init__(self, conn: _Conn, rid: int, oid: int = 0) -> None:
         self.conn = conn
         self.owner = conn
         self.rid = rid
+        self.oid = oid
 
     def resolve(self, value: bytes) -> bool:
         conn = self.conn
@@ -162,8 +163,8 @@ class _RemoteWaiter:
                 conn.reply(self.rid, STATUS_ERROR, _error_bytes(exc))
         else:
             # A post failed (a put on a closed queue): tell the process, rid 0, so that
-            # its next operation on the object raises.
-            conn.reply(0, STATUS_ERROR, _error_bytes(exc))
+            # its next post to the same object raises.
+            conn.reply(0, STATUS_ERROR, _error_bytes((self.oid, exc)))
 
 
 # --- the hosting side ---------------------------------------------------------------------
@@ -384,7 +385,7 @@ class Hub:
                     state.cancel(entry[1])
             conn.reply(target, STATUS_CANCELLED, b"")
             return
-        waiter = _RemoteWaiter(conn, rid)
+        waiter = _RemoteWaiter(conn, rid, msg.oid)
         try:
             if op == OP_CREATE:
                 oids = self.create_from(msg.arg)
@@ -636,7 +637,7 @@ class Client:
         self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
         self.rids = itertools.count(1)
         self.waiters: dict[int, _ClientWaiter] = {}
-        self.post_error: BaseException | None = None
+        self.post_errors: dict[int, BaseException] = {}  # oid -> why a post to it failed
         self.backend: Backend | None = None
         self.lock = threading.RLock()  # one reader at a time
         self.send_lock = threading.Lock()
@@ -670,8 +671,8 @@ class Client:
 
     def post(self, oid: int, op: int, arg: bytes = b"") -> None:
         """Send an operation that needs no answer (a failure is raised by the next post)."""
-        if self.post_error is not None or self.lost:
-            self._raise_post_error()
+        if self.post_errors or self.lost:
+            self._raise_post_error(oid)
         with self.send_lock:
             _wire.encode_into(_wire.HubCall(0, oid, op, arg), self.pending)
             wake = self.idle
@@ -687,12 +688,12 @@ class Client:
                 self.flusher.start()
             self.wake.set()
 
-    def _raise_post_error(self) -> None:
-        error = self.post_error
+    def _raise_post_error(self, oid: int) -> None:
+        if self.lost:
+            raise ClosedResourceError("lost the connection to the aioproc hub")
+        error = self.post_errors.pop(oid, None)
         if error is not None:
-            self.post_error = None
             raise error
-        raise ClosedResourceError("lost the connection to the aioproc hub")
 
     def flush(self) -> None:
         """Write every pending post now."""
@@ -717,8 +718,19 @@ class Client:
                         self._write(data)
                     except ClosedResourceError:
                         return
+                    self._read_errors()
                     continue
             self.wake.wait()
+
+    def _read_errors(self) -> None:
+        """Take in what the hub said about our posts (a put to a closed queue), so the next
+        post to that object raises. Only without an event loop, whose thread reads
+        otherwise, and only if no blocking call is reading right now."""
+        if self.backend is None and self.lock.acquire(blocking=False):
+            try:
+                self._read_available()
+            finally:
+                self.lock.release()
 
     def _read_available(self) -> None:
         while True:
@@ -748,9 +760,10 @@ class Client:
 
     def _on_reply(self, msg: _wire.HubReply) -> None:
         if msg.rid == 0:
-            # A post failed; remember it for the next call to raise.
+            # A post failed; the next post to that object raises it.
             with contextlib.suppress(Exception):
-                self.post_error = pickle.loads(msg.value)
+                oid, error = pickle.loads(msg.value)
+                self.post_errors[oid] = error
             return
         waiter = self.waiters.get(msg.rid)
         if waiter is None:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import collections
 import pickle
 import queue as std_queue
+import threading
 from typing import Any, Protocol
 
 from .._exceptions import (
+    AioprocError,
     ClosedResourceError,
     EndOfStream,
     LockOwnerDiedError,
@@ -357,7 +359,7 @@ class ConditionState(State):
                 self.lock.waiters.remove(item)
 
 
-class BrokenBarrierError(RuntimeError):
+class BrokenBarrierError(AioprocError, threading.BrokenBarrierError):
     """The barrier was aborted or reset while tasks waited on it."""
 
 
