@@ -30,7 +30,7 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 def test_workers_do_not_import_the_public_api() -> None:
     # A worker imports aioproc._core; asyncio and the pool must stay out of its start-up.
     code = (
-        "import sys, aioproc._core._worker; "
+        "import sys, aioproc._core._worker, aioproc._core._hub; "
         "print('asyncio' in sys.modules, 'aioproc._pool' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -133,27 +133,37 @@ def loads_error(data: bytes) -> BaseException:
 OOB_THRESHOLD = 1 << 20
 
 
+_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+_SCAN_LIMIT = 32  # items of a container looked at: a result list of 100,000 ints is not scanned
+
+
 def _is_big(value: object) -> bool:
-    if isinstance(value, bytes | bytearray):
-        return len(value) >= OOB_THRESHOLD
-    if isinstance(value, memoryview):
-        return value.nbytes >= OOB_THRESHOLD
+    kind = type(value)
+    if kind in _SCALARS:
+        return False
+    if kind is bytes or kind is bytearray:
+        return len(value) >= OOB_THRESHOLD  # type: ignore[arg-type]
+    if kind is memoryview:
+        return value.nbytes >= OOB_THRESHOLD  # type: ignore[attr-defined,no-any-return]
     nbytes = getattr(value, "nbytes", None)  # numpy arrays and the like
-    return isinstance(nbytes, int) and nbytes >= OOB_THRESHOLD and hasattr(value, "__reduce_ex__")
+    return isinstance(nbytes, int) and nbytes >= OOB_THRESHOLD
 
 
-def has_big_buffers(values: object) -> bool:
-    """Does ``values`` (an object, or a tuple/list/dict of them) hold a large buffer?"""
+def has_big_buffers(values: object, depth: int = 3) -> bool:
+    """Does ``values`` hold a large buffer, at the top or in (the first items of) nested
+    tuples, lists and dicts? Cheap by design: it runs for every call and every result."""
     if _is_big(values):
         return True
-    if isinstance(values, tuple | list):
-        return any(
-            _is_big(v) or (isinstance(v, tuple | list | dict) and has_big_buffers(v))
-            for v in values
-        )
-    if isinstance(values, dict):
-        return any(_is_big(v) for v in values.values())
-    return False
+    if depth <= 0:
+        return False
+    kind = type(values)
+    if kind is tuple or kind is list:
+        items = values[:_SCAN_LIMIT]  # type: ignore[index]
+    elif kind is dict:
+        items = list(values.values())[:_SCAN_LIMIT]  # type: ignore[attr-defined]
+    else:
+        return False
+    return any(type(v) not in _SCALARS and has_big_buffers(v, depth - 1) for v in items)
 
 
 def _rebuild_bytes(buffer: Any) -> bytes:

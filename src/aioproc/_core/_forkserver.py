@@ -25,10 +25,10 @@ from typing import NoReturn
 def main() -> NoReturn:
     sock = socket.socket(fileno=int(sys.argv[1]))
     # Warm the forks: everything a worker imports is imported once, here, and cloudpickle
-    # too (functions from __main__ arrive by value and need it to load).
+    # too (functions from a script's __main__ arrive by value and need it to load).
     import cloudpickle  # noqa: F401
 
-    from . import _worker
+    from . import _hub, _worker  # noqa: F401
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()

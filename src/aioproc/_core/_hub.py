@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ClosedResourceError
 from . import _objects, _spawn, _wire
-from ._loop import current_backend
 
 if TYPE_CHECKING:
     from ._loop import Backend, Future
@@ -284,6 +283,8 @@ class Hub:
 
     def ensure_attached(self) -> None:
         """Serve connections from the event loop running in this thread, if any."""
+        from ._loop import current_backend  # not at import: workers need no asyncio
+
         try:
             backend = current_backend()
         except RuntimeError:
@@ -821,6 +822,8 @@ class Client:
         return waiter.result()
 
     def _attach(self) -> Backend:
+        from ._loop import current_backend
+
         backend = current_backend()
         if backend is not self.backend:
             if self.backend is not None:
@@ -891,6 +894,9 @@ class Endpoint:
         assert backend is not None
         waiter = _LocalWaiter(future=None)
         state.handle(op, arg, waiter)
+        # What this did for other processes (a lock released to a remote waiter by a
+        # condition wait) must leave now, not once we are woken: they may be who wakes us.
+        hub.flush()
         if not waiter.finished():
             waiter.future = future = backend.create_future()
             try:
