@@ -424,3 +424,21 @@ def put_twice_then_set(q: Any, event: Any) -> str:
             return type(exc).__name__
         _time.sleep(0.01)
     return "no error"
+
+
+class FailsToLoad:
+    """Pickles fine; raises when rebuilt in the worker."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse, ("no rebuilding here",))
+
+
+def _refuse(message: str) -> None:
+    raise RuntimeError(message)
+
+
+class ExitsWhileLoading:
+    """Pickles fine; the worker exits while rebuilding it."""
+
+    def __reduce__(self) -> Any:
+        return (os._exit, (11,))
