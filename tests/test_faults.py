@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aioproc
@@ -94,3 +95,54 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _descendants() -> int:
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {me}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return len(found)
+
+
+async def test_row10_cancelling_running_tasks_many_times() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        await pool.apply(tasks.double, 1)
+        baseline = _descendants()
+        for _ in range(150):
+            task = pool.submit(tasks.sleep_forever)
+            await anyio.lowlevel.checkpoint()  # sent to a worker
+            task.cancel()
+        assert await pool.map(tasks.double, range(20)) == [2 * i for i in range(20)]
+        stats = pool.statistics()
+        assert stats.workers == 2
+        assert stats.busy == 0
+        # No process growth: killed workers are reaped as their replacements start.
+        with anyio.fail_after(10):
+            while _descendants() > baseline:
+                await anyio.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {})])  # 6 GiB of copies: one loop
+async def test_row15_payload_over_2_gib_round_trips(anyio_backend: object) -> None:
+    size = 2**31 + 4096
+    data = b"\x07" * size
+    async with aioproc.ProcessPool(1) as pool:
+        assert await pool.apply(tasks.describe_buffer, data) == ("bytes", size, None)
+        del data
+        with pytest.raises(aioproc.WorkerDiedError, match="SIGKILL"):
+            await pool.apply(tasks.kill_self, signal.SIGKILL, b"\x01" * (64 << 20))
+        assert await pool.apply(tasks.double, 2) == 4
