@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,9 @@ def _children() -> set[int]:
     return found
 
 
+_LIBRARY_THREADS = ("Trio thread", "AnyIO worker thread")
+
+
 def _shm() -> set[str]:
     try:
         return {name for name in os.listdir("/dev/shm") if name.startswith("aioproc")}
@@ -61,9 +65,10 @@ def _shm() -> set[str]:
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> object:
-    """No worker process, aioproc fd or shared-memory segment outlives a test."""
+    """No worker process, thread, fd or shared-memory segment outlives a test."""
     children_before = _children()
     shm_before = _shm()
+    threads_before = set(threading.enumerate())
     yield
     server = _spawn._forkserver
     kept = {server._sock.fileno()} if server is not None else set()
@@ -78,3 +83,11 @@ def no_leaks() -> object:
     leaked = _children() - children_before
     assert not leaked, f"processes left behind: {sorted(leaked)}"
     assert _shm() - shm_before == set(), "shared memory left in /dev/shm"
+    # The event loop libraries keep idle worker threads cached on purpose; aioproc starts
+    # no thread in this process, so any other new thread is a leak.
+    left = [
+        t
+        for t in threading.enumerate()
+        if t not in threads_before and t.is_alive() and not t.name.startswith(_LIBRARY_THREADS)
+    ]
+    assert not left, f"threads left running: {left}"

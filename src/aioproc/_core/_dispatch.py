@@ -185,6 +185,7 @@ class _Worker:
         "decoders",
         "exited",
         "flush_pending",
+        "gone",
         "jobs",
         "known",
         "outbuf",
@@ -212,6 +213,7 @@ class _Worker:
         self.accepting = True
         self.replaced = False
         self.exited: list[Callable[[], None]] = []
+        self.gone = False  # reaped, fds closed: callbacks that still arrive do nothing
         self.decoders: dict[int, codecs.IncrementalDecoder] = {}
         self.cancelling: dict[int, Handle] = {}  # job id -> grace timer (Cancel sent)
 
@@ -352,6 +354,8 @@ class Dispatcher:
             self._pump()
 
     def _on_exit(self, worker: _Worker) -> None:
+        if worker.gone:
+            return
         backend = self.backend
         backend.remove_reader(worker.proc.sentinel)
         for timer in worker.cancelling.values():
@@ -360,6 +364,7 @@ class Dispatcher:
         # Results written just before the end are still in the pipe: route them first.
         self._drain(worker)
         code = worker.proc.reap()
+        worker.gone = True
         backend.remove_reader(worker.result_fd)
         if worker.writing:
             backend.remove_writer(worker.task_fd)
@@ -543,6 +548,9 @@ class Dispatcher:
     def _flush(self, worker: _Worker) -> None:
         worker.flush_pending = False
         buf = worker.outbuf
+        if worker.gone:
+            buf.clear()  # its task fd is closed; the number may be reused already
+            return
         if not buf or worker.writing:
             return
         try:
@@ -559,6 +567,8 @@ class Dispatcher:
             self.backend.add_writer(worker.task_fd, lambda: self._on_writable(worker))
 
     def _on_writable(self, worker: _Worker) -> None:
+        if worker.gone:
+            return
         buf = worker.outbuf
         try:
             n = os.write(worker.task_fd, buf)
@@ -580,6 +590,10 @@ class Dispatcher:
     # --- results ----------------------------------------------------------------------------
 
     def _on_readable(self, worker: _Worker) -> None:
+        if worker.gone:
+            # A late wake-up (trio runs a watcher one step after it was cancelled): the fd
+            # number may belong to something else by now, maybe a blocking pipe.
+            return
         try:
             data = os.read(worker.result_fd, _READ_SIZE)
         except BlockingIOError:
@@ -891,6 +905,7 @@ class Dispatcher:
                     self.backend.remove_reader(worker.proc.sentinel)
             with contextlib.suppress(Exception):
                 worker.proc.reap()
+            worker.gone = True
             _spawn.unregister_fds(worker.task_fd, worker.result_fd)
             for fd in (worker.task_fd, worker.result_fd):
                 with contextlib.suppress(OSError):
