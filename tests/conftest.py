@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import pytest
 
 from aioproc._core import _hub, _spawn
+from tests import procs
 
 BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
@@ -27,33 +27,16 @@ def start_method(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
+_LIBRARY_THREADS = ("Trio thread", "AnyIO worker thread")
+
+
 def _children() -> set[int]:
     """Live descendants of this process, except the fork server."""
-    me = os.getpid()
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z":
-            continue
-        parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {me}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
+    found = procs.descendants()
     server = _spawn._forkserver
     if server is not None:
         found.discard(server.pid)
     return found
-
-
-_LIBRARY_THREADS = ("Trio thread", "AnyIO worker thread")
 
 
 def _shm() -> set[str]:

@@ -16,7 +16,7 @@ import anyio.lowlevel
 import pytest
 
 import aioproc
-from tests import tasks
+from tests import procs, tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -78,9 +78,9 @@ def test_row12_one_ctrl_c_ends_the_program() -> None:
         os.killpg(child.pid, signal.SIGINT)
         assert child.wait(timeout=2) == 130
         deadline = time.monotonic() + 2
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        while any(procs.alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not [pid for pid in pids if _alive(pid)]
+        assert not [pid for pid in pids if procs.alive(pid)]
     finally:
         if child.poll() is None:
             child.kill()
@@ -89,38 +89,10 @@ def test_row12_one_ctrl_c_ends_the_program() -> None:
             child.stdout.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def _descendants() -> int:
-    me = os.getpid()
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {me}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return len(found)
-
-
 async def test_row10_cancelling_running_tasks_many_times() -> None:
     async with aioproc.ProcessPool(2) as pool:
         await pool.apply(tasks.double, 1)
-        baseline = _descendants()
+        baseline = len(procs.descendants())
         for _ in range(150):
             task = pool.submit(tasks.sleep_forever)
             await anyio.lowlevel.checkpoint()  # sent to a worker
@@ -131,7 +103,7 @@ async def test_row10_cancelling_running_tasks_many_times() -> None:
         assert stats.busy == 0
         # No process growth: killed workers are reaped as their replacements start.
         with anyio.fail_after(10):
-            while _descendants() > baseline:
+            while len(procs.descendants()) > baseline:
                 await anyio.sleep(0.02)
 
 

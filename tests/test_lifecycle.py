@@ -14,36 +14,16 @@ from pathlib import Path
 import pytest
 
 from aioproc._core import _spawn
+from tests import procs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def _group_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                return True
-    return False
 
 
 def _wait_gone(pids: list[int], deadline: float) -> list[int]:
     """Pids whose process (or process group) is still alive once `deadline` (monotonic)
     has passed, or none once all are gone."""
     while True:
-        alive = [pid for pid in pids if _alive(pid) or _group_alive(pid)]
+        alive = [pid for pid in pids if procs.alive(pid) or procs.group_alive(pid)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.02)
@@ -92,7 +72,7 @@ def test_workers_die_with_a_killed_parent(start_method: str, busy: bool) -> None
         assert child.stdout is not None
         pids = [int(p) for p in child.stdout.readline().split()]
         assert len(pids) >= 2
-        assert all(_alive(pid) for pid in pids)
+        assert all(procs.alive(pid) for pid in pids)
         child.send_signal(signal.SIGKILL)
         child.wait()
         # FAULTS.md: gone within 2 s of the parent's death.

@@ -86,11 +86,8 @@ class Connection(Proxy, Generic[T]):
         return self._closed
 
     def statistics(self) -> ConnectionStatistics:
-        import pickle
-
         self._check()
-        data = pickle.loads(self._endpoint.call_sync(self._oid, _objects.OP_STATS))
-        return ConnectionStatistics(**data)
+        return ConnectionStatistics(**self._stats())
 
     def __aiter__(self) -> Connection[T]:
         return self

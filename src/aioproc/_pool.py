@@ -187,13 +187,7 @@ class ProcessPool:
             raise ValueError(
                 f"task_timeout must be a positive number of seconds or None; got {task_timeout!r}"
             )
-        if start_method is None:
-            start_method = _spawn.default_start_method()
-        if start_method not in _spawn.START_METHODS:
-            raise ValueError(
-                f"start_method must be one of {', '.join(map(repr, _spawn.START_METHODS))}; "
-                f"got {start_method!r}"
-            )
+        start_method = _spawn.resolve_start_method(start_method)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable; got {initializer!r}")
         self._max_workers = max_workers

@@ -53,13 +53,7 @@ class Process(Generic[T]):
     ) -> None:
         if not callable(target):
             raise TypeError(f"target must be callable; got {target!r}")
-        if start_method is None:
-            start_method = _spawn.default_start_method()
-        if start_method not in _spawn.START_METHODS:
-            raise ValueError(
-                f"start_method must be one of {', '.join(map(repr, _spawn.START_METHODS))}; "
-                f"got {start_method!r}"
-            )
+        start_method = _spawn.resolve_start_method(start_method)
         self._target = target
         self._args = tuple(args)
         self._kwargs = dict(kwargs or {})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import weakref
 from typing import Any
 
-from ._core import _hub
+from ._core import _hub, _objects
 
 
 def _release(endpoint: _hub.Endpoint, oids: tuple[int, ...]) -> None:
@@ -58,6 +59,11 @@ class Proxy:
 
     def _rebuilt(self) -> None:
         """Set up what is derived from ``_extra`` (after creation or unpickling)."""
+
+    def _stats(self) -> dict[str, Any]:
+        """The object's statistics as the hub reports them."""
+        data: dict[str, Any] = pickle.loads(self._endpoint.call_sync(self._oid, _objects.OP_STATS))
+        return data
 
     def _close_handle(self) -> None:
         self._finalizer()

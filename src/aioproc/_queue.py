@@ -168,7 +168,7 @@ class Queue(Proxy, Generic[T]):
         self._endpoint.call_sync(self._oid, _objects.OP_CLOSE)
 
     def statistics(self) -> QueueStatistics:
-        stats = _objects_stats(self)
+        stats = self._stats()
         return QueueStatistics(**stats)
 
     def qsize(self) -> int:
@@ -237,13 +237,6 @@ class QueueSync(Generic[T]):
             return self.get()
         except EndOfStream:
             raise StopIteration from None
-
-
-def _objects_stats(proxy: Proxy) -> dict[str, Any]:
-    import pickle
-
-    data: dict[str, Any] = pickle.loads(proxy._endpoint.call_sync(proxy._oid, _objects.OP_STATS))
-    return data
 
 
 for _cls in (Queue, QueueSync, QueueStatistics):

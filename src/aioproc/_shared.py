@@ -7,7 +7,6 @@ import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._core import _hub
 from ._proxy import Proxy
 from ._sync import Lock
 
@@ -191,4 +190,3 @@ class Array(_Shared):
 
 for _cls in (Value, Array):
     _cls.__module__ = "aioproc"
-_ = _hub

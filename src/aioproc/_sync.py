@@ -8,8 +8,6 @@ holds nothing, even if the lock was granted in the instant before the cancellati
 
 from __future__ import annotations
 
-import math
-import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +32,6 @@ __all__ = (
 )
 
 BrokenBarrierError = _objects.BrokenBarrierError
-
-
-def _stats(proxy: Proxy) -> dict[str, Any]:
-    data: dict[str, Any] = pickle.loads(proxy._endpoint.call_sync(proxy._oid, _objects.OP_STATS))
-    return data
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -173,10 +166,10 @@ class Lock(_Acquirable):
         self._rebuilt()
 
     def locked(self) -> bool:
-        return bool(_stats(self)["locked"])
+        return bool(self._stats()["locked"])
 
     def statistics(self) -> LockStatistics:
-        return LockStatistics(**_stats(self))
+        return LockStatistics(**self._stats())
 
 
 class Semaphore(_Acquirable):
@@ -195,10 +188,10 @@ class Semaphore(_Acquirable):
 
     @property
     def value(self) -> int:
-        return int(_stats(self)["value"])
+        return int(self._stats()["value"])
 
     def statistics(self) -> SemaphoreStatistics:
-        return SemaphoreStatistics(**_stats(self))
+        return SemaphoreStatistics(**self._stats())
 
 
 class BoundedSemaphore(Semaphore):
@@ -228,14 +221,14 @@ class Event(Proxy):
         self._endpoint.post(self._oid, _objects.OP_CLEAR)
 
     def is_set(self) -> bool:
-        return bool(_stats(self)["is_set"])
+        return bool(self._stats()["is_set"])
 
     async def wait(self) -> bool:
         await self._endpoint.call(self._oid, _objects.OP_WAIT)
         return True
 
     def statistics(self) -> EventStatistics:
-        return EventStatistics(**_stats(self))
+        return EventStatistics(**self._stats())
 
 
 class _EventSync:
@@ -331,7 +324,7 @@ class Condition(Proxy):
         self.notify(2**62)
 
     def statistics(self) -> ConditionStatistics:
-        return ConditionStatistics(**_stats(self))
+        return ConditionStatistics(**self._stats())
 
 
 class _ConditionSync:
@@ -412,14 +405,14 @@ class Barrier(Proxy):
 
     @property
     def n_waiting(self) -> int:
-        return int(_stats(self)["n_waiting"])
+        return int(self._stats()["n_waiting"])
 
     @property
     def broken(self) -> bool:
-        return bool(_stats(self)["broken"])
+        return bool(self._stats()["broken"])
 
     def statistics(self) -> BarrierStatistics:
-        return BarrierStatistics(**_stats(self))
+        return BarrierStatistics(**self._stats())
 
 
 class _BarrierSync:
@@ -449,4 +442,3 @@ for _cls in (
     BarrierStatistics,
 ):
     _cls.__module__ = "aioproc"
-_ = math

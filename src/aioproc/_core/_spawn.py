@@ -38,6 +38,7 @@ __all__ = (
     "ProcessHandle",
     "default_start_method",
     "make_pipes",
+    "resolve_start_method",
     "register_fds",
     "shutdown_forkserver",
     "start_process",
@@ -81,6 +82,21 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def default_start_method() -> str:
     return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+def resolve_start_method(method: str | None) -> str:
+    """The start method to use for ``method`` (None: the platform's default).
+
+    Raises:
+        ValueError: not one of START_METHODS.
+    """
+    if method is None:
+        return default_start_method()
+    if method not in START_METHODS:
+        raise ValueError(
+            f"start_method must be one of {', '.join(map(repr, START_METHODS))}; got {method!r}"
+        )
+    return method
 
 
 def make_pipes() -> tuple[int, int, int, int]:
