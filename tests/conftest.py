@@ -39,6 +39,17 @@ def _children() -> set[int]:
     return found
 
 
+def _fds() -> dict[int, str]:
+    """Every open fd of this process and what it refers to."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the fd of the listing itself, closed by now
+            pass
+    return found
+
+
 def _shm() -> set[str]:
     try:
         return {name for name in os.listdir("/dev/shm") if name.startswith("aioproc")}
@@ -46,10 +57,26 @@ def _shm() -> set[str]:
         return set()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _event_loop_globals() -> None:
+    """Let the event loop libraries open what they keep for the life of the process.
+
+    libuv opens one signal pipe per process the first time a uvloop loop runs; opened
+    inside a test, the leak guard would take it for that test's leak.
+    """
+    import uvloop
+
+    async def nothing() -> None:
+        pass
+
+    uvloop.run(nothing())
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> object:
     """No worker process, thread, fd or shared-memory segment outlives a test."""
     children_before = _children()
+    fds_before = _fds()
     shm_before = _shm()
     threads_before = set(threading.enumerate())
     yield
@@ -63,6 +90,14 @@ def no_leaks() -> object:
         kept.add(hub.listener.fileno())
     leaked_fds = _spawn._parent_fds - kept
     assert not leaked_fds, f"aioproc fds left open: {sorted(leaked_fds)}"
+    # Any other fd too (pipes, sockets, memfds, event loop selectors): what is open now was
+    # open before, but for the fork server and hub that live as long as the process.
+    if hub is not None:
+        kept.update(hub.conns)
+    opened = {
+        fd: what for fd, what in _fds().items() if fd not in kept and fds_before.get(fd) != what
+    }
+    assert not opened, f"fds left open: {opened}"
     leaked = _children() - children_before
     assert not leaked, f"processes left behind: {sorted(leaked)}"
     assert _shm() - shm_before == set(), "shared memory left in /dev/shm"

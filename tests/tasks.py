@@ -442,3 +442,75 @@ class ExitsWhileLoading:
 
     def __reduce__(self) -> Any:
         return (os._exit, (11,))
+
+
+# --- the fault matrix (tests/test_faults.py) ------------------------------------------------
+
+
+def announce_then_sleep(q: Any) -> None:
+    """Put this worker's pid on ``q`` (the task is running), then sleep until killed."""
+    q.sync.put(os.getpid())
+    time.sleep(3600)
+
+
+def ignore_sigterm_then_sleep(q: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    q.sync.put(os.getpid())
+    time.sleep(3600)
+
+
+class LockHoldingError(Exception):
+    """An exception that cannot be pickled: it holds a lock."""
+
+    def __init__(self, message: str) -> None:
+        import threading
+
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_lock_holding() -> None:
+    raise LockHoldingError("holding a lock")
+
+
+def count_run(path: str) -> None:
+    """An initializer that leaves one line in ``path`` per run, then fails."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    raise RuntimeError("initializer exploded")
+
+
+def result_fd() -> int:
+    """The fd of the worker's result pipe to the parent (reached through the stream that
+    forwards the worker's stdout over it)."""
+    return int(sys.stdout.buffer.raw._channel._fd)  # type: ignore[attr-defined]
+
+
+def corrupt_channel(junk: bytes, then_exit: bool = False) -> None:
+    """Write ``junk`` into the worker's result pipe, as a stray write from a C library
+    would, then sleep (or die at once)."""
+    os.write(result_fd(), junk)
+    if then_exit:
+        os._exit(0)
+    time.sleep(3600)
+
+
+class _KillWhenPickled:
+    def __reduce__(self) -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+        raise AssertionError("unreachable")
+
+
+def die_while_sending_result(size: int) -> Any:
+    """Return a large result and die while it is being sent (deterministically: once its
+    large part is serialised, the next object kills the worker)."""
+    return [b"\x02" * size, _KillWhenPickled()]
+
+
+def make_value(start: int) -> Any:
+    import aioproc
+
+    value = aioproc.Value("q", start)
+    value.value += 1
+    return value

@@ -274,17 +274,6 @@ async def test_lock_across_processes_and_statistics() -> None:
         assert await pool.apply(tasks.try_lock, lock, 5) is True
 
 
-async def test_lock_owner_died(start_method: str) -> None:
-    lock = aioproc.Lock()
-    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
-        with pytest.raises(aioproc.WorkerDiedError):
-            await pool.apply(tasks.lock_and_die, lock)
-        with anyio.fail_after(10), pytest.raises(aioproc.LockOwnerDiedError):
-            await lock.acquire()
-        async with lock:  # free again
-            assert lock.locked()
-
-
 async def test_semaphores() -> None:
     sem = aioproc.Semaphore(2)
     await sem.acquire()

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 import warnings
 from pathlib import Path
-
-import pytest
 
 from aioproc._core import _spawn
 from tests import procs
@@ -32,57 +29,6 @@ def _wait_gone(pids: list[int], deadline: float) -> list[int]:
 def _script(body: str) -> list[str]:
     code = textwrap.dedent(body)
     return [sys.executable, "-c", code]
-
-
-@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
-def test_workers_die_with_a_killed_parent(start_method: str, busy: bool) -> None:
-    child = subprocess.Popen(
-        _script(
-            f"""
-            import asyncio, os, sys, time
-            import aioproc
-            from aioproc._core import _spawn
-
-            def spin():
-                os.fork() == 0 and time.sleep(60)  # a grandchild too
-                while True:
-                    pass
-
-            async def main():
-                async with aioproc.ProcessPool(2, start_method={start_method!r}) as pool:
-                    pids = list(pool.statistics().pids)
-                    server = _spawn._forkserver
-                    if server is not None:
-                        pids.append(server.pid)
-                    if {busy}:
-                        pool.submit(spin)
-                        pool.submit(spin)
-                        await asyncio.sleep(0.3)
-                    print(*pids, flush=True)
-                    await asyncio.sleep(60)
-
-            asyncio.run(main())
-            """
-        ),
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert child.stdout is not None
-        pids = [int(p) for p in child.stdout.readline().split()]
-        assert len(pids) >= 2
-        assert all(procs.alive(pid) for pid in pids)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        # FAULTS.md: gone within 2 s of the parent's death.
-        assert _wait_gone(pids, time.monotonic() + 2.0) == []
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 def test_an_unclosed_pool_ends_with_the_interpreter() -> None:

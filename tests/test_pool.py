@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -120,15 +118,6 @@ async def test_task_handle() -> None:
         task.add_done_callback(lambda t: late.append(t.result()))
         await pool.apply(tasks.double, 0)  # one loop turn at least
         assert late == [10]
-
-
-async def test_sys_exit_in_task_is_the_tasks_error() -> None:
-    async with aioproc.ProcessPool(1) as pool:
-        with pytest.raises(SystemExit) as info:
-            await pool.apply(tasks.sys_exit, 4)
-        assert info.value.code == 4
-        assert await pool.apply(tasks.double, 2) == 4
-        assert pool.statistics().restarts == 0
 
 
 # --- map, starmap, imap, imap_unordered -----------------------------------------------------
@@ -371,15 +360,6 @@ async def test_abandoned_stream_does_not_hold_the_pool_open() -> None:
             pass
 
 
-async def test_many_cancellations_leave_the_pool_healthy() -> None:
-    async with aioproc.ProcessPool(2) as pool:
-        for _ in range(20):
-            with anyio.move_on_after(0.01):
-                await pool.apply(tasks.sleep_forever)
-        assert await pool.map(tasks.double, range(10)) == [2 * i for i in range(10)]
-        assert pool.statistics().workers == 2
-
-
 async def test_task_timeout(start_method: str) -> None:
     async with aioproc.ProcessPool(1, task_timeout=0.3, start_method=start_method) as pool:
         with pytest.raises(TimeoutError, match=r"timeout of 0\.3"):
@@ -410,26 +390,6 @@ async def test_task_ignoring_cancellation_in_a_concurrent_worker_is_killed() -> 
         assert pool.statistics().pids != (pid,)
 
 
-@pytest.mark.parametrize(
-    ("fn", "args", "expected"),
-    [
-        (tasks.kill_self, (signal.SIGKILL,), "SIGKILL"),
-        (tasks.segfault, (), "SIGSEGV"),
-        (tasks.exit_with, (3,), "exited with code 3"),
-    ],
-)
-async def test_dead_worker_fails_only_its_task(
-    start_method: str, fn: Any, args: tuple[Any, ...], expected: str
-) -> None:
-    async with aioproc.ProcessPool(2, start_method=start_method) as pool:
-        slow = pool.submit(tasks.square_slowly, 3, 0.3)
-        with pytest.raises(aioproc.WorkerDiedError, match=expected):
-            await pool.apply(fn, *args)
-        assert await slow == 9
-        assert await pool.apply(tasks.double, 1) == 2
-        assert pool.statistics().workers == 2
-
-
 async def test_retries_rerun_a_task_whose_worker_died(tmp_path: Path) -> None:
     async with aioproc.ProcessPool(1, retries=1) as pool:
         first = pool.statistics().pids[0]
@@ -447,18 +407,6 @@ async def test_initializer_runs_in_each_worker(start_method: str) -> None:
         assert await pool.map(tasks.get_state, ["greeting"] * 4, chunksize=1) == ["hi"] * 4
     async with aioproc.ProcessPool(1, initializer=tasks.async_initializer, initargs=(5,)) as p:
         assert await p.apply(tasks.get_state, "async_init") == 5
-
-
-async def test_failing_initializer_breaks_the_pool_without_respawning() -> None:
-    pool = aioproc.ProcessPool(2, initializer=tasks.failing_initializer)
-    with pytest.raises(aioproc.WorkerDiedError, match="initializer") as info:
-        async with pool:
-            await pool.apply(tasks.double, 1)
-    cause = info.value.__cause__
-    assert isinstance(cause, RuntimeError) and "exploded" in str(cause)
-    with pytest.raises(aioproc.PoolClosedError):
-        await pool.apply(tasks.double, 1)
-    assert pool.statistics().restarts == 0
 
 
 async def test_workers_see_the_environment_of_today(
@@ -525,28 +473,6 @@ async def test_output_and_logging_reach_the_parent(
 # --- serialisation errors -------------------------------------------------------------------
 
 
-async def test_unpicklable_argument_names_the_type() -> None:
-    async with aioproc.ProcessPool(1) as pool:
-        with pytest.raises(aioproc.SerializationError, match=r"argument 1 of type '_thread\.lock'"):
-            await pool.apply(tasks.add, 1, threading.Lock())
-        with pytest.raises(aioproc.SerializationError, match="keyword argument 'scale'"):
-            pool.submit(tasks.add, 1, 2, scale=tasks.Unpicklable())
-        with pytest.raises(aioproc.SerializationError, match="input item 2"):
-            await pool.map(tasks.echo, [1, 2, threading.Lock()])
-        assert pool.statistics().completed == 0
-        assert await pool.apply(tasks.double, 2) == 4
-
-
-async def test_unpicklable_result_and_exception() -> None:
-    async with aioproc.ProcessPool(1) as pool:
-        with pytest.raises(aioproc.SerializationError, match="cannot send the result"):
-            await pool.apply(tasks.return_unpicklable)
-        with pytest.raises(aioproc.RemoteError, match="OddError") as info:
-            await pool.apply(tasks.raise_odd)
-        assert "raise_odd" in info.value.traceback
-        assert pool.statistics().restarts == 0
-
-
 # --- life cycle -----------------------------------------------------------------------------
 
 
@@ -558,16 +484,6 @@ async def test_closing_waits_for_work_and_leaves_nothing(start_method: str) -> N
     assert pool.statistics().workers == 0
     with pytest.raises(aioproc.PoolClosedError):
         await pool.apply(tasks.double, 1)
-
-
-async def test_an_error_inside_the_block_cancels_pending_work() -> None:
-    pool = aioproc.ProcessPool(1)
-    with pytest.raises(RuntimeError, match="leaving"):
-        async with pool:
-            running = pool.submit(tasks.sleep_forever)
-            queued = pool.submit(tasks.double, 1)
-            raise RuntimeError("leaving")
-    assert running.cancelled() and queued.cancelled()
 
 
 async def test_statistics() -> None:

@@ -115,16 +115,3 @@ async def test_no_named_segment_and_memory_freed() -> None:
     assert _memfds() <= with_local - 2
 
 
-async def test_block_freed_when_its_creator_crashes() -> None:
-    from aioproc._core import _hub
-
-    hub = _hub.local_hub()
-    hub.ensure_attached()  # the child will be told where the hub is
-    gc.collect()
-    before = _memfds()
-    p = aioproc.Process(target=tasks.create_value_and_die)
-    p.start()
-    assert await p.join() == 5
-    hub.poll()  # the hub reads the dead child's end of its connection
-    assert _memfds() == before
-    assert not [n for n in os.listdir("/dev/shm") if "aioproc" in n]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -100,15 +101,28 @@ class Process(Generic[T]):
         (worker,) = d.workers
         self.pid = worker.pid
         self._started = True
+        # Sent: the process no longer needs them, and holding them would keep shared
+        # objects among the arguments (and their memory) alive as long as this handle.
+        self._args, self._kwargs = (), {}
+        # The callbacks reach this handle weakly: no cycle through the dispatcher keeps a
+        # finished, forgotten Process (and what it holds) waiting for the cyclic GC.
+        ref = weakref.ref(self)
 
         def on_exit() -> None:
-            self.exitcode = worker.proc.exitcode
-            self._ended = True
-            _running.discard(self)
-            self._wake()
+            me = ref()
+            if me is not None:
+                me.exitcode = worker.proc.exitcode
+                me._ended = True
+                _running.discard(me)
+                me._wake()
+
+        def on_done(_: Job) -> None:
+            me = ref()
+            if me is not None:
+                me._wake()
 
         worker.exited.append(on_exit)
-        job.notify = lambda _: self._wake()
+        job.notify = on_done
         _running.add(self)  # a started process is not collected while it runs
         self._dispatcher = d
         self._job = job

@@ -21,6 +21,30 @@ import socket
 import sys
 from typing import NoReturn
 
+# Modules that most workers import sooner or later (asyncio for coroutine tasks and for the
+# user's own modules, the IPC proxies for objects passed as arguments). Imported once the
+# first requests have been served, while the server is idle: the first pool does not wait
+# for them, and every later fork (a replacement worker, a second pool) starts with them.
+_WARM_MODULES = (
+    "asyncio",
+    "uvloop",
+    "aioproc._core._aworker",
+    "aioproc._queue",
+    "aioproc._pipe",
+    "aioproc._sync",
+    "aioproc._shared",
+    "aioproc._manager",
+)
+_WARM_AFTER = 0.01  # seconds without a request
+
+
+def _warm_up() -> None:
+    import importlib
+
+    for name in _WARM_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
 
 def main() -> NoReturn:
     sock = socket.socket(fileno=int(sys.argv[1]))
@@ -56,8 +80,14 @@ def main() -> NoReturn:
                     os.write(status_w, code.to_bytes(4, "little", signed=True))
                 os.close(status_w)
 
+    warm = False
     while True:
-        for key, _ in selector.select():
+        events = selector.select(None if warm else _WARM_AFTER)
+        if not events and not warm:
+            warm = True
+            _warm_up()
+            continue
+        for key, _ in events:
             if key.fileobj is sock:
                 try:
                     msg, fds, _, _ = socket.recv_fds(sock, 16, 3)
