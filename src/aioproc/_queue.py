@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from ._core import _codec, _objects
-from ._exceptions import EndOfStream, SerializationError, ValidationError
+from ._exceptions import AioprocError, EndOfStream, SerializationError, ValidationError
 from ._proxy import Proxy
 
 __all__ = ("Queue", "QueueStatistics")
@@ -56,17 +56,32 @@ class _Codec:
         assert self.encoder is not None
         try:
             return self.encoder.encode(item)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:  # a lone surrogate
             raise SerializationError(f"cannot encode {_codec.type_name(item)!r}: {exc}") from exc
 
     def decode(self, blob: bytes) -> Any:
+        """Rebuild one item; a bad one raises here, and only that item is lost.
+
+        Raises:
+            ValidationError: (typed) the message does not match the type, is not msgpack,
+                holds a string that is not UTF-8, or nests deeper than the decoder's
+                recursion limit (msgspec lets UnicodeDecodeError and RecursionError
+                through for the last two).
+            SerializationError: (untyped) the item cannot be unpickled (garbage bytes, a
+                class that is not importable here, a ``__reduce__`` that raises).
+        """
         if self.decoder is None:
-            return _codec.loads(blob)
+            try:
+                return _codec.loads(blob)
+            except AioprocError:
+                raise  # already says what went wrong (a proxy whose object is gone...)
+            except Exception as exc:
+                raise SerializationError(f"cannot unpickle the item: {exc!r}") from exc
         try:
             return self.decoder.decode(blob)
         except msgspec.ValidationError as exc:
             raise ValidationError(str(exc)) from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ValidationError(f"malformed message: {exc}") from None
 
 

@@ -23,9 +23,16 @@ process serves other processes from its own event loop::
   the same request, so the client always knows which of the two happened.
 - When a process's connection closes (it exited or died), its handles are dropped, its
   waiters withdrawn, and locks it held are freed and marked "owner died".
+- A connection that breaks the protocol (a frame that does not decode, a length over
+  ``MAX_FRAME``, a message only a hub sends) is dropped as if its process had died: the
+  hub logs why on the ``aioproc`` logger and tells the process, whose calls then raise
+  ``ClosedResourceError`` with the reason. Every other connection is served on.
 
-Security: the socket lives in a fresh 0700 directory, and a client proves it knows the
-hub's 32-byte key (HMAC-SHA256 of a random challenge) before any pickle is exchanged.
+Security: the socket lives in a fresh 0700 directory (random name, modes set explicitly so
+the umask does not matter; the socket itself is 0600), and a client proves it knows the
+hub's 32-byte key (HMAC-SHA256 of a random challenge) before any pickle is exchanged. The
+handshake is read without blocking like any other traffic: a peer that connects and says
+nothing delays no one.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import collections
 import contextlib
 import hmac
 import itertools
+import logging
 import os
 import pickle
 import select
@@ -45,7 +53,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ClosedResourceError
+from .._exceptions import ClosedResourceError, SerializationError
 from . import _objects, _spawn, _wire
 
 if TYPE_CHECKING:
@@ -56,11 +64,15 @@ __all__ = ("HOST", "Endpoint", "Hub", "endpoint", "local_hub", "set_default")
 OP_CREATE, OP_ATTACH, OP_DETACH, OP_CANCEL, OP_TRANSIT, OP_ADOPT = 94, 91, 92, 93, 95, 96
 OP_GETFD = 97  # the reply carries the object's file descriptor (SCM_RIGHTS)
 STATUS_OK, STATUS_ERROR, STATUS_CANCELLED = 0, 1, 2
+STATUS_DROPPED = 3  # rid 0: the hub is closing this connection; the value says why (utf-8)
 
 _READ = 1 << 18
 _CHALLENGE = 32
+_ANSWER = 40  # HMAC-SHA256 of the challenge, then the client's pid (8 bytes)
 _FLUSH_AT = 1 << 18  # pending posts written by the caller itself past this size
 _RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+_log = logging.getLogger("aioproc")
 
 
 class _Host:
@@ -172,11 +184,15 @@ class _RemoteWaiter:
 class _Conn:
     """The hub's end of one process's connection."""
 
-    def __init__(self, hub: Hub, sock: socket.socket, pid: int) -> None:
+    def __init__(self, hub: Hub, sock: socket.socket, challenge: bytes) -> None:
         self.hub = hub
         self.sock = sock
         self.fd = sock.fileno()
-        self.pid = pid
+        self.pid = 0
+        # Until the peer has proved it knows the key: the challenge it was sent and its
+        # answer so far (None once authenticated). Nothing else is read before that.
+        self.challenge: bytes | None = challenge
+        self.answer = b""
         self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
         self.outbuf = bytearray()
         # Replies that carry an fd: [offset of the frame in outbuf, frame length, fd].
@@ -202,11 +218,18 @@ class Hub:
     """The objects of this process, served to every process that connects."""
 
     def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="aioproc-")  # mode 0700
+        # A fresh directory with a random name, created exclusively (mkdtemp): nobody can
+        # have planted a socket or a symlink there. Its mode and the socket's are set after
+        # creation, since both were cut by the umask: 0700 keeps other users from reaching
+        # the socket at all, and the socket's own 0600 still holds if the directory were
+        # ever opened up.
+        self.dir = tempfile.mkdtemp(prefix="aioproc-")
+        os.chmod(self.dir, 0o700)
         self.address = os.path.join(self.dir, "hub")
         self.key = os.urandom(32)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.address)
+        os.chmod(self.address, 0o600)
         self.listener.listen(128)
         self.listener.setblocking(False)
         _spawn.register_fds(self.listener.fileno())
@@ -311,35 +334,54 @@ class Hub:
                 return
             except OSError:
                 return
-            conn = self._handshake(sock)
-            if conn is None:
+            # The challenge goes out now; the answer is read by _on_readable when it comes,
+            # so a silent or slow peer blocks neither this loop nor other connections.
+            sock.setblocking(False)
+            challenge = os.urandom(_CHALLENGE)
+            try:
+                sock.send(challenge)  # a fresh socket's buffer has room for 32 bytes
+            except OSError:
+                sock.close()
                 continue
+            conn = _Conn(self, sock, challenge)
             self.conns[conn.fd] = conn
             _spawn.register_fds(conn.fd)
             if self.backend is not None and self.loop_thread == threading.get_ident():
                 self.backend.add_reader(conn.fd, functools_partial(self._on_readable, conn))
 
-    def _handshake(self, sock: socket.socket) -> _Conn | None:
+    def _authenticate(self, conn: _Conn) -> None:
+        """Read the peer's answer to the challenge: accept it, or close the connection."""
+        challenge = conn.challenge
+        assert challenge is not None
         try:
-            sock.settimeout(2.0)
-            challenge = os.urandom(_CHALLENGE)
-            sock.sendall(challenge)
-            answer = b""
-            while len(answer) < 40:
-                chunk = sock.recv(40 - len(answer))
-                if not chunk:
-                    raise OSError("closed during the handshake")
-                answer += chunk
-            if not hmac.compare_digest(answer[:32], _digest(self.key, challenge)):
-                raise PermissionError("wrong key")
-            sock.sendall(b"\x01")
-            sock.setblocking(False)
+            # Never more than the answer: nothing the peer sends is read before it proved
+            # it knows the key, and nothing is buffered for it beyond these 40 bytes.
+            data = conn.sock.recv(_ANSWER - len(conn.answer))
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
-            sock.close()
-            return None
-        return _Conn(self, sock, int.from_bytes(answer[32:40], "little"))
+            data = b""
+        if not data:
+            self._lost(conn)  # hung up during the handshake
+            return
+        conn.answer += data
+        if len(conn.answer) < _ANSWER:
+            return
+        if not hmac.compare_digest(conn.answer[:32], _digest(self.key, challenge)):
+            _log.warning("aioproc hub: refused a connection that does not know the key")
+            self._lost(conn)
+            return
+        conn.challenge = None
+        conn.pid = int.from_bytes(conn.answer[32:], "little")
+        try:
+            conn.sock.send(b"\x01")
+        except OSError:
+            self._lost(conn)
 
     def _on_readable(self, conn: _Conn) -> None:
+        if conn.challenge is not None:
+            self._authenticate(conn)
+            return
         try:
             data = conn.sock.recv(_READ)
         except (BlockingIOError, InterruptedError):
@@ -349,35 +391,54 @@ class Hub:
         if not data:
             self._lost(conn)
             return
-        try:
-            msgs = conn.reader.feed(data)
-        except Exception:
-            self._lost(conn)  # framing lost or a hostile peer: drop that connection only
-            return
         objects = self.objects
         queue_state = _objects.QueueState
-        for msg in msgs:
-            if not isinstance(msg, _wire.HubCall):
-                continue
-            if msg.rid == 0 and msg.op == _objects.OP_PUT:
-                # Fast path for the bulk of queue traffic: a post to a queue with room
-                # and nobody waiting is an append.
-                state = objects.get(msg.oid)
-                if (
-                    type(state) is queue_state
-                    and not state.getters
-                    and not state.closed
-                    and not state.full()
-                ):
-                    state.items.append(msg.arg)
-                    continue
-            self._dispatch(conn, msg)
+        hub_call = _wire.HubCall
+        try:
+            for msg in conn.reader.feed(data):
+                if type(msg) is not hub_call:
+                    raise SerializationError(f"a {type(msg).__name__} message sent to the hub")
+                if msg.rid == 0 and msg.op == _objects.OP_PUT:
+                    # Fast path for the bulk of queue traffic: a post to a queue with room
+                    # and nobody waiting is an append.
+                    state = objects.get(msg.oid)
+                    if (
+                        type(state) is queue_state
+                        and not state.getters
+                        and not state.closed
+                        and not state.full()
+                    ):
+                        state.items.append(msg.arg)
+                        continue
+                self._dispatch(conn, msg)
+        except Exception as exc:
+            # Framing lost, or a message no hub accepts or can answer: that peer is broken
+            # or hostile. It loses its connection; nothing escapes into the event loop (or
+            # into a blocking call serving the hub), and other processes are served on.
+            self._drop(conn, exc)
         self.flush()
+
+    def _drop(self, conn: _Conn, exc: Exception) -> None:
+        """Close a connection that broke the protocol, saying why on both ends."""
+        reason = str(exc) if isinstance(exc, SerializationError) else repr(exc)
+        _log.warning(
+            "aioproc hub: dropped the connection of process %d: %s",
+            conn.pid,
+            reason,
+            exc_info=not isinstance(exc, SerializationError),  # a hub bug: keep its traceback
+        )
+        if not conn.closed:
+            # Best effort: a peer that does not read its replies misses only the reason.
+            conn.reply(0, STATUS_DROPPED, reason.encode())
+            self._send(conn)
+        self._lost(conn)
 
     def _dispatch(self, conn: _Conn, msg: _wire.HubCall) -> None:
         op = msg.op
         rid = msg.rid
         if op == OP_CANCEL:
+            if len(msg.arg) != 8:
+                raise SerializationError(f"a cancel request of {len(msg.arg)} bytes, not 8")
             target = int.from_bytes(msg.arg, "little")
             entry = conn.waiting.pop(target, None)
             if entry is not None:
@@ -649,6 +710,7 @@ class Client:
         self.flusher: threading.Thread | None = None
         self.fd_queue: collections.deque[int] = collections.deque()  # fds received, in order
         self.lost = False
+        self.drop_reason: str | None = None  # why the hub dropped us, if it said so
 
     # Writes. Posts (puts on an unbounded queue, set(), handle bookkeeping) are appended
     # to ``pending`` and written by a flusher thread, so a producer putting many small
@@ -668,7 +730,24 @@ class Client:
             self.sock.sendall(data)
         except OSError as exc:
             self.lost = True
-            raise ClosedResourceError(f"lost the connection to the aioproc hub: {exc}") from exc
+            if self.backend is None and self.lock.acquire(blocking=False):
+                # The hub closed the connection: its last words (why) may be waiting to be
+                # read. Not with an event loop, whose thread reads (this may be another).
+                try:
+                    self._read_available()
+                except Exception:
+                    pass
+                finally:
+                    self.lock.release()
+            raise self._lost_error(f": {exc}") from exc
+
+    def _lost_error(self, detail: str = "") -> ClosedResourceError:
+        """What calls raise once the connection is gone: the hub's reason, if it gave one."""
+        if self.drop_reason is not None:
+            return ClosedResourceError(
+                f"the aioproc hub dropped this process's connection: {self.drop_reason}"
+            )
+        return ClosedResourceError(f"lost the connection to the aioproc hub{detail}")
 
     def post(self, oid: int, op: int, arg: bytes = b"") -> None:
         """Send an operation that needs no answer (a failure is raised by the next post)."""
@@ -691,7 +770,7 @@ class Client:
 
     def _raise_post_error(self, oid: int) -> None:
         if self.lost:
-            raise ClosedResourceError("lost the connection to the aioproc hub")
+            raise self._lost_error()
         error = self.post_errors.pop(oid, None)
         if error is not None:
             raise error
@@ -755,11 +834,15 @@ class Client:
         if self.backend is not None:
             with contextlib.suppress(Exception):
                 self.backend.remove_reader(self.fd)
+        error = _error_bytes(self._lost_error())
         for rid, waiter in list(self.waiters.items()):
             del self.waiters[rid]
-            self._finish(waiter, STATUS_ERROR, _error_bytes(ClosedResourceError("lost the hub")))
+            self._finish(waiter, STATUS_ERROR, error)
 
     def _on_reply(self, msg: _wire.HubReply) -> None:
+        if msg.rid == 0 and msg.status == STATUS_DROPPED:
+            self.drop_reason = msg.value.decode(errors="replace")
+            return
         if msg.rid == 0:
             # A post failed; the next post to that object raises it.
             with contextlib.suppress(Exception):
@@ -1135,8 +1218,19 @@ def flush_clients() -> None:
 
 def _after_fork_in_child() -> None:
     global _local, _default
-    if _local is not None and _default is None:
-        _default = (_local.address, _local.key)
+    local = _local
+    if local is not None:
+        if _default is None:
+            _default = (local.address, local.key)
+        # The parent's shared-memory blocks stay the parent's: a forked worker that kept
+        # their descriptors would pin the memory for its whole life, long after the
+        # parent freed the block. Mappings are not affected, and a proxy asks the hub
+        # for a descriptor of its own.
+        for state in local.objects.values():
+            if isinstance(state, _objects.SharedMemoryState) and state.fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(state.fd)
+                state.fd = None
     _local = None
     _clients.clear()
 

@@ -225,11 +225,18 @@ def encode_into(msg: Message | HubMessage, buf: bytearray) -> None:
     """Append ``msg`` as one frame to ``buf``.
 
     Raises:
-        SerializationError: the envelope is larger than ``MAX_FRAME``.
+        SerializationError: the envelope is larger than ``MAX_FRAME``, or cannot be encoded
+            (an integer field out of msgpack's range, a string with a lone surrogate).
+            ``buf`` is then left as it was: a stray header would corrupt every frame
+            after it on that channel.
     """
     start = len(buf)
     buf += b"\0\0\0\0"
-    _encoder.encode_into(msg, buf, start + _HEADER)
+    try:
+        _encoder.encode_into(msg, buf, start + _HEADER)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        del buf[start:]
+        raise SerializationError(f"cannot encode a {type(msg).__name__} frame: {exc}") from exc
     size = len(buf) - start - _HEADER
     if size > MAX_FRAME:
         del buf[start:]
