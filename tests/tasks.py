@@ -514,3 +514,7 @@ def make_value(start: int) -> Any:
     value = aioproc.Value("q", start)
     value.value += 1
     return value
+
+
+def getenvb(name: str) -> bytes | None:
+    return os.environb.get(name.encode())

@@ -535,3 +535,12 @@ def test_needs_a_running_loop() -> None:
     pool = aioproc.ProcessPool(1)
     with pytest.raises(RuntimeError, match="running event loop"):
         pool.submit(tasks.double, 1)
+
+
+async def test_an_environment_that_is_not_utf8(
+    start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Names and values are the OS's bytes: one that is not UTF-8 must not stop a pool.
+    monkeypatch.setenv("AIOPROC_TEST_BYTES", os.fsdecode(b"caf\xe9"))
+    async with aioproc.ProcessPool(1, start_method=start_method) as pool:
+        assert await pool.apply(tasks.getenvb, "AIOPROC_TEST_BYTES") == b"caf\xe9"

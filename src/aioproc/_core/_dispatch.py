@@ -251,13 +251,13 @@ class Dispatcher:
         level = _lowest_log_level()
         return _wire.encode(
             _wire.Config(
-                sys_path=list(sys.path),
-                cwd=os.getcwd(),
+                sys_path=[os.fsencode(p) for p in sys.path if isinstance(p, str | os.PathLike)],
+                cwd=os.getcwdb(),
                 init=self.config.initializer,
                 max_tasks=self.config.max_tasks_per_child or 0,
                 concurrency=self.config.concurrency,
                 log_level=level,
-                env=dict(os.environ) if self.config.start_method == "forkserver" else None,
+                env=dict(os.environb) if self.config.start_method == "forkserver" else None,
                 process=self.config.process,
                 **_hub_settings(),
             )

@@ -104,13 +104,15 @@ class Stop(_Msg, tag=6):
 class Config(_Msg, tag=7):
     """The first frame a worker reads: how to set itself up."""
 
-    sys_path: list[str]
-    cwd: str
+    # Paths and the environment travel as the OS's bytes: a name that is not valid UTF-8
+    # (os.fsencode's surrogate escapes) must not stop a pool from starting.
+    sys_path: list[bytes]
+    cwd: bytes
     init: bytes = b""  # pickled (initializer, initargs), or empty
     max_tasks: int = 0  # 0: no limit
     concurrency: int = 1
     log_level: int = 30
-    env: dict[str, str] | None = None  # forkserver: the parent's environment of today
+    env: dict[bytes, bytes] | None = None  # forkserver: the parent's environment of today
     hub: str = ""  # where IPC objects live, if the parent has any (see _hub)
     hub_key: bytes = b""
     process: bool = False  # an aioproc.Process: one call, then exit with its status

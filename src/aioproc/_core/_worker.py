@@ -195,12 +195,12 @@ class Worker:
                 os.chdir(config.cwd)
             except OSError:
                 pass
-        sys.path[:] = config.sys_path
+        sys.path[:] = [os.fsdecode(p) for p in config.sys_path]
         if config.env is not None:
             # A forked-by-server worker inherited the server's environment, which may be
             # older than the parent's: take the parent's as it is now.
-            os.environ.clear()
-            os.environ.update(config.env)
+            os.environb.clear()
+            os.environb.update(config.env)
         from . import _hub
 
         _hub.in_worker = True
