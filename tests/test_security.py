@@ -316,3 +316,33 @@ async def test_a_child_cannot_send_a_frame_over_the_limit() -> None:
     assert "exceeds the frame limit of 4096 bytes" in message
     assert echoed == b"small"  # the connection was left intact
     assert queue.statistics().size == 0
+
+
+# --- who is at the other end --------------------------------------------------------------
+
+
+async def test_the_hub_names_a_peer_by_its_real_pid() -> None:
+    # A peer that knows the key but claims to be pid 1: the hub asks the kernel instead,
+    # so lock owners and log lines name the process that really connected.
+    queue: aioproc.Queue[int] = aioproc.Queue()  # serves the hub from this event loop
+    hub = queue._endpoint.hub
+    assert hub is not None
+
+    def connect_and_lie() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(hub.address)
+        challenge = sock.recv(_hub._CHALLENGE)
+        sock.sendall(_hub._digest(hub.key, challenge) + (1).to_bytes(8, "little"))
+        assert sock.recv(1) == b"\x01"  # let in
+        return sock
+
+    with anyio.fail_after(TIMEOUT):
+        sock = await anyio.to_thread.run_sync(connect_and_lie)
+    try:
+        (conn,) = [c for c in hub.conns.values() if c.pid in (1, os.getpid())]
+        assert conn.pid == os.getpid()
+    finally:
+        sock.close()
+        with anyio.fail_after(TIMEOUT):
+            while any(c.pid == os.getpid() for c in hub.conns.values()):
+                await anyio.sleep(0.01)

@@ -47,6 +47,7 @@ import pickle
 import select
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -372,7 +373,7 @@ class Hub:
             self._lost(conn)
             return
         conn.challenge = None
-        conn.pid = int.from_bytes(conn.answer[32:], "little")
+        conn.pid = _peer_pid(conn.sock) or int.from_bytes(conn.answer[32:], "little")
         try:
             conn.sock.send(b"\x01")
         except OSError:
@@ -611,6 +612,21 @@ def functools_partial(fn: Any, *args: Any) -> Any:
     import functools
 
     return functools.partial(fn, *args)
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end, as the kernel tells it (0 if it cannot):
+    what lock owners and log lines name, rather than what the peer says of itself."""
+    try:
+        pid, _, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except (OSError, AttributeError, struct.error):
+        return 0
+    return int(pid)
 
 
 def _remove_dir(path: str, listener: socket.socket, pid: int) -> None:
