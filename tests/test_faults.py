@@ -58,12 +58,17 @@ async def _only_that_task_fails(
     fault: Callable[[], Awaitable[Any]],
     expected: str,
 ) -> None:
-    """Run ``fault`` beside a slow task on the other worker: the fault fails with a
-    WorkerDiedError matching ``expected``, the slow task completes, the worker is
-    replaced and the pool is healthy."""
+    """Run ``fault`` beside a slow task on the other worker, after tiny tasks that the
+    pool hands out ahead (some reach the worker that dies in the same read as the
+    fault): the fault fails with a WorkerDiedError matching ``expected``, every other
+    task completes, the worker is replaced and the pool is healthy."""
+    for i in range(20):  # tiny tasks: the pool starts handing work out ahead
+        await pool.apply(tasks.double, i)
     other = pool.submit(tasks.square_slowly, 3, 0.5)
+    tiny = [pool.submit(tasks.double, i) for i in range(20)]
     with pytest.raises(aioproc.WorkerDiedError, match=expected):
         await fault()
+    assert [await t for t in tiny] == [2 * i for i in range(20)]
     assert await other == 9
     assert pool.statistics().restarts == 1
     await _healthy(pool, 2)

@@ -393,11 +393,16 @@ class Worker:
             fresh = True
             while inbox:
                 msg = inbox.popleft()
-                if not fresh and isinstance(msg, _wire.Call) and poller.poll(0):
-                    # A call the parent sent ahead while we were busy: a Cancel for it
-                    # may be in the pipe by now. One poll() per such call keeps a
-                    # cancelled task from starting.
-                    self.read()
+                if not fresh and isinstance(msg, _wire.Call):
+                    # Whatever the last call produced leaves before the next one starts:
+                    # if that one kills the process (os._exit, a segfault, SIGKILL), the
+                    # results of the tasks before it are not lost with it.
+                    channel.flush()
+                    if poller.poll(0):
+                        # A call the parent sent ahead while we were busy: a Cancel for
+                        # it may be in the pipe by now. One poll() per such call keeps a
+                        # cancelled task from starting.
+                        self.read()
                 fresh = False
                 reply = self.handle(msg)
                 if reply is not None:
@@ -410,7 +415,6 @@ class Worker:
                     self.stopping = True
                 if self.must_stop():
                     break
-            # One write for every reply produced by what one read brought in.
             channel.flush()
         self.exit(self.exit_code)
 
