@@ -508,7 +508,8 @@ async def test_row15_payload_over_2_gib_round_trips(start_method: str, anyio_bac
     async with aioproc.ProcessPool(1, start_method=start_method) as pool:
         back = await pool.apply(tasks.echo, data)
         assert type(back) is bytearray and len(back) == size
-        assert back == data
+        same = back == data  # not in the assert: pytest would diff 2 GiB on a failure
+        assert same, "the payload came back changed"
         del back, data
         await _healthy(pool, 1)
 

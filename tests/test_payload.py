@@ -63,3 +63,15 @@ async def test_small_values_stay_in_the_pipe() -> None:
     assert not _codec.has_big_buffers(((b"x" * 100,), None))
     assert _codec.has_big_buffers(((b"x" * BIG,), None))
     assert _codec.has_big_buffers(((1, [b"x" * BIG]), None))
+
+
+async def test_large_bytearrays_travel_through_shared_memory() -> None:
+    raw = bytearray(os.urandom(BIG))
+    blob, release = _codec.dumps_maybe_large(((raw,), None))
+    assert release is not None and len(blob) < 4096  # the bytes are not in the message
+    release()
+    async with aioproc.ProcessPool(1) as pool:
+        back = await pool.apply(tasks.echo, raw)
+        assert type(back) is bytearray and back == raw
+        view = await pool.apply(tasks.echo, memoryview(raw))
+        assert type(view) is memoryview and view == raw

@@ -171,29 +171,41 @@ def _rebuild_bytes(buffer: Any) -> bytes:
 
 
 def _rebuild_memoryview(buffer: Any) -> memoryview:
-    return memoryview(bytearray(buffer))
+    return memoryview(_rebuild_bytearray(buffer))
+
+
+def _rebuild_bytearray(buffer: Any) -> bytearray:
+    # load_large reads a bytearray's block straight into a new bytearray: no second copy.
+    return buffer if type(buffer) is bytearray else bytearray(buffer)
 
 
 class _Big:
-    """Stands in for a large ``bytes`` or ``memoryview`` while pickling.
+    """Stands in for a large ``bytes``, ``bytearray`` or ``memoryview`` while pickling.
 
-    The C pickler never consults ``reducer_override`` for ``bytes``, so large ones are
-    swapped for this wrapper, whose reduction hands the pickler an out-of-band buffer.
+    The C pickler never consults ``reducer_override`` for ``bytes`` and writes a
+    ``bytearray`` in band, so large ones are swapped for this wrapper, whose reduction
+    hands the pickler an out-of-band buffer.
     """
 
     __slots__ = ("value",)
 
-    def __init__(self, value: bytes | memoryview) -> None:
+    def __init__(self, value: bytes | bytearray | memoryview) -> None:
         self.value = value
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        rebuild = _rebuild_bytes if type(self.value) is bytes else _rebuild_memoryview
+        kind = type(self.value)
+        if kind is bytes:
+            rebuild: Any = _rebuild_bytes
+        elif kind is bytearray:
+            rebuild = _rebuild_bytearray
+        else:
+            rebuild = _rebuild_memoryview
         return rebuild, (pickle.PickleBuffer(self.value),)
 
 
 def _wrap_big(value: Any) -> Any:
     kind = type(value)
-    if kind is bytes and len(value) >= OOB_THRESHOLD:
+    if (kind is bytes or kind is bytearray) and len(value) >= OOB_THRESHOLD:
         return _Big(value)
     if kind is memoryview and value.nbytes >= OOB_THRESHOLD:
         return _Big(value)
@@ -206,13 +218,20 @@ def _wrap_big(value: Any) -> Any:
     return value
 
 
+# How a receiver gets each buffer of a block. A read-only one (bytes) is read with pread
+# into a new bytes object, a bytearray into a new bytearray: one copy, no page faults. Any
+# other writable one (a numpy array) is mapped, so the receiver's array is writable and
+# shares the block instead of copying it.
+_READ_BYTES, _MAP, _READ_BYTEARRAY = 0, 1, 2
+
+
 class OutOfBand:
     """A pickle whose large buffers wait in a block of shared memory."""
 
     __slots__ = ("address", "data", "key", "layout", "oid", "token")
 
     def __init__(
-        self, data: bytes, address: str, key: bytes, oid: int, layout: list[tuple[int, int, bool]]
+        self, data: bytes, address: str, key: bytes, oid: int, layout: list[tuple[int, int, int]]
     ) -> None:
         self.data = data
         self.address = address
@@ -261,14 +280,18 @@ def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
     data = out.getvalue()
     if _MAIN in data or not buffers:
         return dumps(obj), None
-    # (offset, size, writable): a read-only buffer (bytes) is read back with pread into a
-    # new bytes object; a writable one (a numpy array) is mapped, so the receiver's array
-    # is writable and shares the block instead of copying it.
-    layout: list[tuple[int, int, bool]] = []
+    # (offset, size, how the receiver gets it): see _READ_BYTES, _MAP, _READ_BYTEARRAY.
+    layout: list[tuple[int, int, int]] = []
     offset = 0
     for buffer in buffers:
         raw = buffer.raw()
-        layout.append((offset, raw.nbytes, not raw.readonly))
+        if raw.readonly:
+            how = _READ_BYTES
+        elif type(memoryview(buffer).obj) is bytearray:
+            how = _READ_BYTEARRAY
+        else:
+            how = _MAP
+        layout.append((offset, raw.nbytes, how))
         offset += (raw.nbytes + 4095) & ~4095  # page-aligned, so each can be mapped alone
     address, key = _hub.default_address()
     endpoint = _hub.endpoint(address, key)
@@ -344,20 +367,35 @@ def load_large(oob: OutOfBand) -> Any:
             endpoint.post(oob.oid, _hub.OP_DETACH)
     try:
         buffers: list[Any] = []
-        for start, size, writable in oob.layout:
-            if writable:
-                block = mmap.mmap(fd, size, offset=start)
-                buffers.append(memoryview(block))
+        for start, size, how in oob.layout:
+            if how == _MAP:
+                buffers.append(memoryview(mmap.mmap(fd, size, offset=start)))
+            elif how == _READ_BYTEARRAY:
+                target = bytearray(size)
+                _read_into(fd, memoryview(target), start)
+                buffers.append(target)
             else:
                 data = os.pread(fd, size, start)
-                while len(data) < size:  # pread may return less on a huge read
-                    data += os.pread(fd, size - len(data), start + len(data))
+                if len(data) < size:  # one read returns at most 2 GiB - 4 KiB on Linux
+                    whole = bytearray(size)
+                    whole[: len(data)] = data
+                    _read_into(fd, memoryview(whole)[len(data) :], start + len(data))
+                    data = bytes(whole)
                 buffers.append(data)
     finally:
         os.close(fd)
     # numpy arrays rebuilt here view their mapping (zero-copy, writable): it stays alive as
     # long as they do. bytes come back as the bytes pread made.
     return pickle.loads(oob.data, buffers=buffers)
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise SerializationError("a block of shared memory ended early")
+        done += n
 
 
 def loads_any(blob: bytes) -> Any:
