@@ -444,6 +444,13 @@ class ExitsWhileLoading:
         return (os._exit, (11,))
 
 
+class CrashesWhileLoading:
+    """Pickles fine; the worker segfaults while rebuilding it."""
+
+    def __reduce__(self) -> Any:
+        return (segfault, ())
+
+
 # --- the fault matrix (tests/test_faults.py) ------------------------------------------------
 
 

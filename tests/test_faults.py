@@ -136,6 +136,8 @@ async def test_row5_argument_fails_to_rebuild_in_the_worker(start_method: str) -
             await pool.apply(tasks.echo, tasks.FailsToLoad())
         with pytest.raises(aioproc.WorkerDiedError, match="exited with code 11"):
             await pool.apply(tasks.echo, tasks.ExitsWhileLoading())
+        with pytest.raises(aioproc.WorkerDiedError, match="SIGSEGV"):
+            await pool.apply(tasks.echo, tasks.CrashesWhileLoading())
         await _healthy(pool, 1)
 
 
