@@ -1,9 +1,17 @@
-"""What /proc says about processes: used by the leak guard and the lifecycle tests."""
+"""Processes for the tests: what /proc says about them (used by the leak guard too), and
+child interpreters running a script."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _stat(pid: int | str) -> list[str] | None:
@@ -46,3 +54,49 @@ def descendants(of: int | None = None) -> set[int]:
 def group_alive(pgid: int) -> bool:
     """Is any live process in process group ``pgid``?"""
     return any(int(fields[2]) == pgid for fields in live_processes().values())
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """The pids whose process (or process group) is still alive after ``seconds``, or
+    none as soon as all are gone."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [pid for pid in pids if alive(pid) or group_alive(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def script(body: str, **values: Any) -> list[str]:
+    """The command running ``body`` (dedented) in a fresh interpreter, each NAME in
+    ``values`` replaced by the repr of its value."""
+    code = textwrap.dedent(body)
+    for name, value in values.items():
+        code = code.replace(name, repr(value))
+    return [sys.executable, "-c", code]
+
+
+@contextlib.contextmanager
+def child(command: list[str], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """Run ``command`` with its stdout piped (text); kill and reap it if still running
+    when the block ends."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def memfds() -> int:
+    """How many of aioproc's shared-memory blocks this process holds open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += "memfd:aioproc" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return count

@@ -14,10 +14,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import textwrap
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -260,31 +257,14 @@ async def test_row10_caller_cancelled_while_its_task_runs_1000_times(
 # --- rows 11-13: the parent goes away, or the pool does ----------------------------------------
 
 
-def _script(body: str, **values: Any) -> list[str]:
-    code = textwrap.dedent(body)
-    for name, value in values.items():
-        code = code.replace(name, repr(value))
-    return [sys.executable, "-c", code]
-
-
-def _wait_gone(pids: list[int], seconds: float) -> list[int]:
-    """The pids whose process (or process group) is still alive after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        alive = [pid for pid in pids if procs.alive(pid) or procs.group_alive(pid)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.02)
-
-
 def _aioproc_shm() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if "aioproc" in name}
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_row11_parent_sigkilled(start_method: str, busy: bool) -> None:
-    child = subprocess.Popen(
-        _script(
+    with procs.child(
+        procs.script(
             """
             import asyncio, os, time
             import aioproc
@@ -318,11 +298,8 @@ def test_row11_parent_sigkilled(start_method: str, busy: bool) -> None:
             METHOD=start_method,
             BUSY=busy,
         ),
-        stdout=subprocess.PIPE,
-        text=True,
         cwd=ROOT,
-    )
-    try:
+    ) as child:
         assert child.stdout is not None
         pids = [int(p) for p in child.stdout.readline().split()]
         assert len(pids) >= 2
@@ -331,21 +308,15 @@ def test_row11_parent_sigkilled(start_method: str, busy: bool) -> None:
         child.wait()
         # Every worker, its process group (the grandchild) and the fork server: gone
         # within 2 s of the parent's death.
-        assert _wait_gone(pids, 2.0) == []
+        assert procs.wait_gone(pids, 2.0) == []
         # Shared memory is anonymous (memfd): freed with the last process that mapped
         # it, and never a name in /dev/shm that could outlive them.
         assert _aioproc_shm() == set()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
-    child = subprocess.Popen(
-        _script(
+    with procs.child(
+        procs.script(
             """
             import asyncio, sys, time, aioproc
 
@@ -368,24 +339,15 @@ def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
             """,
             METHOD=start_method,
         ),
-        stdout=subprocess.PIPE,
-        text=True,
         cwd=ROOT,
         start_new_session=True,  # its own process group, as a shell job would be
-    )
-    try:
+    ) as child:
         assert child.stdout is not None
         pids = [int(p) for p in child.stdout.readline().split()]
         assert len(pids) == 2
         os.killpg(child.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         assert child.wait(timeout=2) == 130
-        assert _wait_gone(pids, 2.0) == []
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        assert procs.wait_gone(pids, 2.0) == []
 
 
 async def test_row13_pool_closed_with_a_backlog(start_method: str) -> None:
@@ -424,7 +386,7 @@ async def test_row13_pool_collected_with_a_backlog(start_method: str) -> None:
 
 def test_row13_interpreter_exits_with_a_backlog(start_method: str) -> None:
     done = subprocess.run(
-        _script(
+        procs.script(
             """
             import asyncio, time, aioproc
 
@@ -468,7 +430,7 @@ def test_row13_interpreter_exits_with_a_backlog(start_method: str) -> None:
     assert len(outcomes) == 6
     assert set(outcomes) <= {"PoolClosedError", "CancelledError"}, outcomes
     pids = [int(p) for p in pids_line.split()]
-    assert _wait_gone(pids, 2.0) == []
+    assert procs.wait_gone(pids, 2.0) == []
     assert "Traceback" not in done.stderr
 
 
@@ -532,20 +494,10 @@ async def test_row16_lock_holder_dies(start_method: str) -> None:
         await _healthy(pool, 1)
 
 
-def _memfds() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += "memfd:aioproc" in os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            pass
-    return count
-
-
 async def test_row16_creator_of_shared_memory_exits(start_method: str) -> None:
     _hub.local_hub().ensure_attached()  # the children will be told where the hub is
     gc.collect()
-    before = _memfds()
+    before = procs.memfds()
     # The creator exits while this process still uses its Value: the value lives on.
     maker = aioproc.Process(target=tasks.make_value, args=(7,), start_method=start_method)
     maker.start()
@@ -558,13 +510,13 @@ async def test_row16_creator_of_shared_memory_exits(start_method: str) -> None:
     del value, maker  # the Process handle keeps its result
     gc.collect()
     _hub.local_hub().poll()
-    assert _memfds() == before
+    assert procs.memfds() == before
     # The creator crashes with the only handle: freed as well.
     crasher = aioproc.Process(target=tasks.create_value_and_die, start_method=start_method)
     crasher.start()
     assert await crasher.join() == 5
     _hub.local_hub().poll()  # the hub reads the dead child's end of its connection
-    assert _memfds() == before
+    assert procs.memfds() == before
     assert _aioproc_shm() == set()
 
 

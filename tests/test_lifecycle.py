@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -16,24 +15,9 @@ from tests import procs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _wait_gone(pids: list[int], deadline: float) -> list[int]:
-    """Pids whose process (or process group) is still alive once `deadline` (monotonic)
-    has passed, or none once all are gone."""
-    while True:
-        alive = [pid for pid in pids if procs.alive(pid) or procs.group_alive(pid)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.02)
-
-
-def _script(body: str) -> list[str]:
-    code = textwrap.dedent(body)
-    return [sys.executable, "-c", code]
-
-
 def test_an_unclosed_pool_ends_with_the_interpreter() -> None:
     done = subprocess.run(
-        _script(
+        procs.script(
             """
             import asyncio, aioproc
 
@@ -56,7 +40,7 @@ def test_an_unclosed_pool_ends_with_the_interpreter() -> None:
     lines = done.stdout.splitlines()
     assert lines[:2] == ["3", "4"]
     pids = [int(p) for p in lines[2].split()]
-    assert _wait_gone(pids, time.monotonic() + 2.0) == []
+    assert procs.wait_gone(pids, 2.0) == []
     assert "Traceback" not in done.stderr
 
 

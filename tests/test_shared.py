@@ -9,7 +9,7 @@ import os
 import pytest
 
 import aioproc
-from tests import tasks
+from tests import procs, tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -87,31 +87,19 @@ def test_bad_arguments() -> None:
         aioproc.Value("i", 0, lock="yes")  # type: ignore[arg-type]
 
 
-def _memfds() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += "memfd:aioproc" in os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            pass
-    return count
-
-
 async def test_no_named_segment_and_memory_freed() -> None:
     gc.collect()
     before_shm = set(os.listdir("/dev/shm"))
-    before = _memfds()
+    before = procs.memfds()
     shared = aioproc.Array("b", 1 << 20, lock=False)
     p = aioproc.Process(target=tasks.array_sum, args=(shared,))
     p.start()
     assert await p.join() == 0
     assert set(os.listdir("/dev/shm")) == before_shm  # memfd: no name that could leak
     local = aioproc.Value("i", 1, lock=False)
-    assert _memfds() > before
-    with_local = _memfds()
+    assert procs.memfds() > before
+    with_local = procs.memfds()
     del local
     gc.collect()
     # The last handle of `local` is gone: the hub's descriptor and the mapping are closed.
-    assert _memfds() <= with_local - 2
-
-
+    assert procs.memfds() <= with_local - 2
