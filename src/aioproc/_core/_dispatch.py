@@ -743,15 +743,30 @@ class Dispatcher:
         job.state = CANCELLED
         worker = job.worker
         if state == RUNNING and worker is not None and job.id in worker.jobs:
-            position = list(worker.jobs).index(job.id)
+            ahead = list(worker.jobs)[: list(worker.jobs).index(job.id)]
             del worker.jobs[job.id]
-            if position < self.config.concurrency:
+            if len(ahead) < self.config.concurrency:
                 self._stop_running(worker, job.id)
             else:
                 # Still in the worker's pipe, not started: the worker skips it.
                 self.send_control(worker, _wire.Cancel(job.id))
+                if self.config.concurrency == 1 and self._moved_on(worker, ahead):
+                    self._kill(worker)
             self._schedule_pump()
         self._resolved(job)
+
+    def _moved_on(self, worker: _Worker, ahead: list[int]) -> bool:
+        """Has ``worker`` answered the jobs ``ahead`` since, so that it may run the next?
+
+        The replies the parent has not read yet tell: so the Cancel just queued for the
+        next job goes out first, then the pipe is read. A worker that had not answered by
+        then reads that Cancel before it starts the job, and skips it; one that had may be
+        running the job, which a worker running one task at a time cannot interrupt.
+        """
+        self._flush(worker)
+        if not worker.gone:
+            self._drain(worker)
+        return not any(job_id in worker.jobs for job_id in ahead)
 
     def _on_timeout(self, job: Job) -> None:
         job.timer = None
@@ -766,6 +781,10 @@ class Dispatcher:
     def _requeue(self, jobs: list[Job]) -> None:
         for job in reversed(jobs):
             if not job.finished():
+                if job.timer is not None:
+                    # A retried job's clock restarts on its next worker.
+                    job.timer.cancel()
+                    job.timer = None
                 job.state = QUEUED
                 job.worker = None
                 job.started = 0.0
