@@ -152,23 +152,6 @@ async def test_a_reply_is_not_held_behind_a_call_that_dies(
         assert pool.statistics().restarts == 1
 
 
-_TRIO_TIMERS = (
-    "the trio backend keeps a cancelled timer, and what its callback holds (the job, its"
-    " arguments and result), until the time it was set for: aioproc._core._loop."
-    "_TimerHandle.cancel should drop the callback, and TrioBackend purge cancelled timers"
-    " as asyncio does"
-)
-_TRIO_TIMERS_XFAIL = pytest.mark.xfail(strict=True, reason=_TRIO_TIMERS)
-
-
-@pytest.mark.parametrize(
-    "anyio_backend",
-    [
-        pytest.param(("asyncio", {}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param(("trio", {}), id="trio", marks=_TRIO_TIMERS_XFAIL),
-    ],
-)
 async def test_finished_tasks_are_not_kept_until_their_timeout(anyio_backend: object) -> None:
     """Found by the soak under trio: RSS and gc-tracked objects grew with every task, for
     as long as task_timeout (an hour here: a server would hold every result of the hour)."""

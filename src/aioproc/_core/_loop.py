@@ -165,14 +165,22 @@ class _TrioHandle:
 
 
 class _TimerHandle:
-    __slots__ = ("callback", "cancelled")
+    __slots__ = ("_backend", "callback", "cancelled")
 
-    def __init__(self, callback: Callable[[], object]) -> None:
+    def __init__(self, callback: Callable[[], object], backend: TrioBackend) -> None:
         self.callback = callback
-        self.cancelled = False
+        self.cancelled = False  # also once it has fired
+        self._backend = backend
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = _nothing  # what the callback holds (a job, its result) goes now
+            self._backend._timer_cancelled()
+
+
+def _nothing() -> None:
+    pass
 
 
 class TrioBackend:
@@ -191,6 +199,7 @@ class TrioBackend:
         self._timer_wake: Any = None
         self._timer_deadline = math.inf
         self._timer_task = False
+        self._cancelled_timers = 0
 
     def time(self) -> float:
         return float(self._trio.current_time())
@@ -250,7 +259,7 @@ class TrioBackend:
             scope.cancel()
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> Handle:
-        handle = _TimerHandle(callback)
+        handle = _TimerHandle(callback, self)
         deadline = self.time() + max(delay, 0.0)
         heapq.heappush(self._timers, (deadline, next(self._seq), handle))
         if not self._timer_task:
@@ -260,6 +269,16 @@ class TrioBackend:
             self._timer_wake.set()
         return handle
 
+    def _timer_cancelled(self) -> None:
+        # As asyncio does: drop the cancelled timers once they are most of the heap. Else a
+        # pool with a long task_timeout keeps one per finished task for that long.
+        self._cancelled_timers += 1
+        timers = self._timers
+        if self._cancelled_timers > 100 and 2 * self._cancelled_timers > len(timers):
+            timers[:] = [entry for entry in timers if not entry[2].cancelled]
+            heapq.heapify(timers)
+            self._cancelled_timers = 0
+
     async def _run_timers(self) -> None:
         trio = self._trio
         timers = self._timers
@@ -267,7 +286,10 @@ class TrioBackend:
             now = self.time()
             while timers and timers[0][0] <= now:
                 _, _, handle = heapq.heappop(timers)
-                if not handle.cancelled:
+                if handle.cancelled:
+                    self._cancelled_timers -= 1
+                else:
+                    handle.cancelled = True
                     _guard(handle.callback)
             self._timer_deadline = timers[0][0] if timers else math.inf
             self._timer_wake = trio.Event()
