@@ -39,17 +39,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hmac
 import itertools
 import logging
 import os
 import pickle
 import select
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -86,6 +83,8 @@ HOST = _Host()
 
 
 def _digest(key: bytes, challenge: bytes) -> bytes:
+    import hmac  # here: a worker that uses no IPC object never loads OpenSSL's hashes
+
     return hmac.new(key, challenge, "sha256").digest()
 
 
@@ -224,6 +223,8 @@ class Hub:
         # creation, since both were cut by the umask: 0700 keeps other users from reaching
         # the socket at all, and the socket's own 0600 still holds if the directory were
         # ever opened up.
+        import tempfile
+
         self.dir = tempfile.mkdtemp(prefix="aioproc-")
         os.chmod(self.dir, 0o700)
         self.address = os.path.join(self.dir, "hub")
@@ -368,6 +369,8 @@ class Hub:
         conn.answer += data
         if len(conn.answer) < _ANSWER:
             return
+        import hmac
+
         if not hmac.compare_digest(conn.answer[:32], _digest(self.key, challenge)):
             _log.warning("aioproc hub: refused a connection that does not know the key")
             self._lost(conn)
@@ -633,6 +636,8 @@ def _remove_dir(path: str, listener: socket.socket, pid: int) -> None:
     with contextlib.suppress(OSError):
         listener.close()
     if os.getpid() == pid:  # a forked child drops its copy; the socket is the parent's
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)
 
 

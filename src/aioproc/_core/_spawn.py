@@ -27,11 +27,9 @@ import fcntl
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import warnings
-from pathlib import Path
 
 __all__ = (
     "START_METHODS",
@@ -206,6 +204,8 @@ def start_process(method: str, task_r: int, result_w: int) -> ProcessHandle:
 
 
 def _python_args() -> list[str]:
+    import subprocess
+
     # Same interpreter flags as the parent (-X dev, -W error, -O ...), as multiprocessing does.
     return [sys.executable, *subprocess._args_from_interpreter_flags()]  # type: ignore[attr-defined]
 
@@ -214,12 +214,14 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     # The package must be importable in the child even when the parent found it through a
     # sys.path tweak rather than an installation.
-    root = str(Path(__file__).resolve().parents[2])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
 def _spawn(task_r: int, result_w: int) -> ProcessHandle:
+    import subprocess
+
     popen = subprocess.Popen(
         [
             *_python_args(),
@@ -264,6 +266,8 @@ class _ForkServer:
     """Client side of the fork server (see ``_forkserver.py``)."""
 
     def __init__(self) -> None:
+        import subprocess
+
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._popen = subprocess.Popen(
@@ -311,6 +315,8 @@ class _ForkServer:
         return ProcessHandle(pid, status_r, _pidfd(pid))
 
     def shutdown(self) -> None:
+        import subprocess
+
         unregister_fds(self._sock.fileno())
         self._sock.close()  # the server kills what it forked and exits on EOF
         try:
