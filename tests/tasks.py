@@ -525,3 +525,7 @@ def make_value(start: int) -> Any:
 
 def getenvb(name: str) -> bytes | None:
     return os.environb.get(name.encode())
+
+
+def slow_initializer(seconds: float) -> None:
+    time.sleep(seconds)

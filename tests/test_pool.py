@@ -368,6 +368,22 @@ async def test_task_timeout(start_method: str) -> None:
         assert pool.statistics().restarts == 1
 
 
+async def test_task_timeout_does_not_count_the_workers_start_up(start_method: str) -> None:
+    # The initializer takes longer than the timeout: each task is timed from when its
+    # worker is ready, so none fails, even on the replacement of a killed worker.
+    async with aioproc.ProcessPool(
+        1,
+        task_timeout=0.5,
+        initializer=tasks.slow_initializer,
+        initargs=(0.8,),
+        start_method=start_method,
+    ) as pool:
+        assert await pool.apply(tasks.square_slowly, 3, 0.1) == 9
+        with pytest.raises(TimeoutError):
+            await pool.apply(tasks.sleep_forever)  # its own run still counts
+        assert await pool.apply(tasks.square_slowly, 4, 0.1) == 16
+
+
 async def test_async_task_cancelled_inside_a_concurrent_worker() -> None:
     async with aioproc.ProcessPool(1, concurrency=4) as pool:
         (pid,) = pool.statistics().pids

@@ -192,6 +192,7 @@ class _Worker:
         "pid",
         "proc",
         "reader",
+        "ready",
         "replaced",
         "result_fd",
         "task_fd",
@@ -212,6 +213,7 @@ class _Worker:
         self.assigned = 0
         self.accepting = True
         self.replaced = False
+        self.ready = False  # set up, initializer run: the clock of its tasks may start
         self.exited: list[Callable[[], None]] = []
         self.gone = False  # reaped, fds closed: callbacks that still arrive do nothing
         self.decoders: dict[int, codecs.IncrementalDecoder] = {}
@@ -537,8 +539,23 @@ class Dispatcher:
 
     def _started(self, job: Job) -> None:
         job.started = self.backend.time()
+        worker = job.worker
+        if worker is not None and not worker.ready:
+            return  # the clock starts once the worker is up (see _on_ready)
         if job.timeout is not None and job.mode != _wire.MODE_STREAM:
             job.timer = self.backend.call_later(job.timeout, lambda: self._on_timeout(job))
+
+    def _on_ready(self, worker: _Worker) -> None:
+        """The worker is set up: start the clock of the jobs it runs first.
+
+        A task's timeout covers its own run, not a new worker's start-up and initializer
+        (a new interpreter under spawn, a slow initializer), so a task sent to a worker
+        that is still starting waits for this to be timed.
+        """
+        worker.ready = True
+        for job in itertools.islice(worker.jobs.values(), self.config.concurrency):
+            if job.started:
+                self._started(job)
 
     def _mark_dirty(self, worker: _Worker) -> None:
         if not worker.flush_pending:
@@ -663,6 +680,8 @@ class Dispatcher:
             self._output(worker, msg)
         elif isinstance(msg, _wire.Log):
             _emit_log(msg.record)
+        elif isinstance(msg, _wire.Ready):
+            self._on_ready(worker)
         elif isinstance(msg, _wire.InitFailed):
             error = _codec.loads_error(msg.error)
             broken = WorkerDiedError("the worker initializer failed")
