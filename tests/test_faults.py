@@ -319,6 +319,7 @@ def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
         procs.script(
             """
             import asyncio, sys, time, aioproc
+            from aioproc._core import _spawn
 
             def slow(x):
                 time.sleep(30)
@@ -329,7 +330,9 @@ def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
                     stream = pool.imap(slow, range(8), chunksize=1)
                     started = asyncio.ensure_future(stream.__anext__())
                     await asyncio.sleep(0.2)  # both workers are in slow()
-                    print(*pool.statistics().pids, flush=True)
+                    pids = list(pool.statistics().pids)
+                    server = _spawn._forkserver
+                    print(*pids, *([server.pid] if server else []), flush=True)
                     await pool.map(slow, range(8), chunksize=1)
 
             try:
@@ -343,8 +346,8 @@ def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
         start_new_session=True,  # its own process group, as a shell job would be
     ) as child:
         assert child.stdout is not None
-        pids = [int(p) for p in child.stdout.readline().split()]
-        assert len(pids) == 2
+        pids = [int(p) for p in child.stdout.readline().split()]  # workers, fork server
+        assert len(pids) == (3 if start_method == "forkserver" else 2)
         os.killpg(child.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         assert child.wait(timeout=2) == 130
         assert procs.wait_gone(pids, 2.0) == []
