@@ -177,6 +177,20 @@ async def test_a_stalled_handshake_holds_up_no_one() -> None:
     await stream.aclose()
 
 
+async def test_a_silent_peer_is_dropped_after_the_handshake_timeout(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_hub, "_HANDSHAKE_TIMEOUT", 0.2)
+    queue: aioproc.Queue[int] = aioproc.Queue()
+    hub = _hub_of(queue)
+    stream, _ = await _connect(hub)  # takes the challenge, never answers
+    await _assert_closed_without_welcome(stream)
+    assert "did not answer the challenge" in caplog.text
+    await stream.aclose()
+    async with aioproc.ProcessPool(1) as pool:
+        await _still_serving(pool)
+
+
 # --- after authentication: a legitimate child writes what no aioproc code would ----------
 
 WRITES = {

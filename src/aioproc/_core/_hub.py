@@ -67,6 +67,9 @@ STATUS_DROPPED = 3  # rid 0: the hub is closing this connection; the value says 
 _READ = 1 << 18
 _CHALLENGE = 32
 _ANSWER = 40  # HMAC-SHA256 of the challenge, then the client's pid (8 bytes)
+# A peer that has not answered the challenge by then is dropped: a child answers at once,
+# and a stranger that connects and stays silent must not keep a connection forever.
+_HANDSHAKE_TIMEOUT = 30.0
 _FLUSH_AT = 1 << 18  # pending posts written by the caller itself past this size
 _RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
@@ -189,6 +192,7 @@ class _Conn:
         self.sock = sock
         self.fd = sock.fileno()
         self.pid = 0
+        self.deadline: Any = None  # timer that drops the peer if it does not answer in time
         # Until the peer has proved it knows the key: the challenge it was sent and its
         # answer so far (None once authenticated). Nothing else is read before that.
         self.challenge: bytes | None = challenge
@@ -350,6 +354,18 @@ class Hub:
             _spawn.register_fds(conn.fd)
             if self.backend is not None and self.loop_thread == threading.get_ident():
                 self.backend.add_reader(conn.fd, functools_partial(self._on_readable, conn))
+                conn.deadline = self.backend.call_later(
+                    _HANDSHAKE_TIMEOUT, functools_partial(self._handshake_overdue, conn)
+                )
+
+    def _handshake_overdue(self, conn: _Conn) -> None:
+        conn.deadline = None
+        if conn.challenge is not None and not conn.closed:
+            _log.warning(
+                "aioproc hub: dropped a connection that did not answer the challenge in %.0f s",
+                _HANDSHAKE_TIMEOUT,
+            )
+            self._lost(conn)
 
     def _authenticate(self, conn: _Conn) -> None:
         """Read the peer's answer to the challenge: accept it, or close the connection."""
@@ -376,6 +392,9 @@ class Hub:
             self._lost(conn)
             return
         conn.challenge = None
+        if conn.deadline is not None:
+            conn.deadline.cancel()
+            conn.deadline = None
         conn.pid = _peer_pid(conn.sock) or int.from_bytes(conn.answer[32:], "little")
         try:
             conn.sock.send(b"\x01")
@@ -542,6 +561,9 @@ class Hub:
         if conn.closed:
             return
         conn.closed = True
+        if conn.deadline is not None:
+            conn.deadline.cancel()
+            conn.deadline = None
         self.conns.pop(conn.fd, None)
         if self.backend is not None:
             with contextlib.suppress(Exception):
