@@ -529,3 +529,7 @@ def getenvb(name: str) -> bytes | None:
 
 def slow_initializer(seconds: float) -> None:
     time.sleep(seconds)
+
+
+async def async_double_at_once(x: int) -> int:
+    return x * 2  # a coroutine that finishes in its first step

@@ -384,6 +384,17 @@ async def test_task_timeout_does_not_count_the_workers_start_up(start_method: st
         assert await pool.apply(tasks.square_slowly, 4, 0.1) == 16
 
 
+async def test_a_finished_coroutine_is_not_lost_when_its_worker_crashes() -> None:
+    # Both reach the worker in one write and start in the same loop turn there: the
+    # coroutine finishes first, then the other task kills the process.
+    async with aioproc.ProcessPool(1, concurrency=2) as pool:
+        finished = pool.submit(tasks.async_double_at_once, 21)
+        crashing = pool.submit(tasks.segfault)
+        assert await finished == 42
+        with pytest.raises(aioproc.WorkerDiedError, match="SIGSEGV"):
+            await crashing
+
+
 async def test_async_task_cancelled_inside_a_concurrent_worker() -> None:
     async with aioproc.ProcessPool(1, concurrency=4) as pool:
         (pid,) = pool.statistics().pids

@@ -81,14 +81,19 @@ class _AsyncServer:
 
     # --- output ---------------------------------------------------------------------------
 
-    def reply(self, msg: _wire.Message) -> None:
+    def reply(self, msg: _wire.Message, *, now: bool = False) -> None:
+        """Queue ``msg`` for the parent; written at the end of this loop turn, or at once
+        with ``now`` (the end of a task: if another task kills the process in this same
+        turn, this one's outcome must not be lost with it)."""
         channel = self.worker.channel
         try:
             channel.put(msg)
         except SerializationError as exc:
             assert isinstance(msg, _wire.Done)
             channel.put(_wire.Failed(msg.id, _codec.dumps_error(exc)))
-        if not self.flush_scheduled:
+        if now:
+            self.flush()
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -112,7 +117,7 @@ class _AsyncServer:
             self.tasks.pop(msg.id, None)
             worker.done += 1
         if answer is not None:
-            self.reply(answer)
+            self.reply(answer, now=True)
         if worker.max_tasks and worker.done >= worker.max_tasks:
             worker.stopping = True
         self.maybe_finish()
@@ -154,7 +159,7 @@ class _AsyncServer:
             else:
                 for item in gen:
                     await self.emit(task_id, item, event)
-            self.reply(_wire.End(task_id))
+            self.reply(_wire.End(task_id), now=True)
         finally:
             del self.credits[task_id], self.credit_events[task_id]
 
