@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -39,24 +38,6 @@ def _children() -> set[int]:
     return found
 
 
-def _fds() -> dict[int, str]:
-    """Every open fd of this process and what it refers to."""
-    found = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the fd of the listing itself, closed by now
-            pass
-    return found
-
-
-def _shm() -> set[str]:
-    try:
-        return {name for name in os.listdir("/dev/shm") if name.startswith("aioproc")}
-    except OSError:
-        return set()
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _event_loop_globals() -> None:
     """Let the event loop libraries open what they keep for the life of the process.
@@ -76,8 +57,8 @@ def _event_loop_globals() -> None:
 def no_leaks() -> object:
     """No worker process, thread, fd or shared-memory segment outlives a test."""
     children_before = _children()
-    fds_before = _fds()
-    shm_before = _shm()
+    fds_before = procs.fds()
+    shm_before = procs.aioproc_shm()
     threads_before = set(threading.enumerate())
     yield
     server = _spawn._forkserver
@@ -94,13 +75,12 @@ def no_leaks() -> object:
     # open before, but for the fork server and hub that live as long as the process.
     if hub is not None:
         kept.update(hub.conns)
-    opened = {
-        fd: what for fd, what in _fds().items() if fd not in kept and fds_before.get(fd) != what
-    }
+    now = procs.fds()
+    opened = {fd: what for fd, what in now.items() if fd not in kept and fds_before.get(fd) != what}
     assert not opened, f"fds left open: {opened}"
     leaked = _children() - children_before
     assert not leaked, f"processes left behind: {sorted(leaked)}"
-    assert _shm() - shm_before == set(), "shared memory left in /dev/shm"
+    assert procs.aioproc_shm() - shm_before == set(), "shared memory left in /dev/shm"
     # The event loop libraries keep idle worker threads cached on purpose; aioproc starts
     # no thread in this process, so any other new thread is a leak.
     left = [

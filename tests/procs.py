@@ -91,12 +91,25 @@ def child(command: list[str], **popen: Any) -> Iterator[subprocess.Popen[str]]:
             proc.stdout.close()
 
 
+def fds(pid: int | str = "self") -> dict[int, str]:
+    """Every open fd of a process and what it refers to (``/proc/PID/fd``)."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:  # closed meanwhile (the fd of the listing itself, for one)
+            pass
+    return found
+
+
 def memfds() -> int:
     """How many of aioproc's shared-memory blocks this process holds open."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += "memfd:aioproc" in os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            pass
-    return count
+    return sum("memfd:aioproc" in target for target in fds().values())
+
+
+def aioproc_shm() -> set[str]:
+    """Entries of /dev/shm that carry aioproc's name (there should never be any)."""
+    try:
+        return {name for name in os.listdir("/dev/shm") if "aioproc" in name}
+    except OSError:
+        return set()

@@ -257,10 +257,6 @@ async def test_row10_caller_cancelled_while_its_task_runs_1000_times(
 # --- rows 11-13: the parent goes away, or the pool does ----------------------------------------
 
 
-def _aioproc_shm() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if "aioproc" in name}
-
-
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_row11_parent_sigkilled(start_method: str, busy: bool) -> None:
     with procs.child(
@@ -311,7 +307,7 @@ def test_row11_parent_sigkilled(start_method: str, busy: bool) -> None:
         assert procs.wait_gone(pids, 2.0) == []
         # Shared memory is anonymous (memfd): freed with the last process that mapped
         # it, and never a name in /dev/shm that could outlive them.
-        assert _aioproc_shm() == set()
+        assert procs.aioproc_shm() == set()
 
 
 def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
@@ -520,7 +516,7 @@ async def test_row16_creator_of_shared_memory_exits(start_method: str) -> None:
     assert await crasher.join() == 5
     _hub.local_hub().poll()  # the hub reads the dead child's end of its connection
     assert procs.memfds() == before
-    assert _aioproc_shm() == set()
+    assert procs.aioproc_shm() == set()
 
 
 # --- row 17: malformed and hostile frames ------------------------------------------------------

@@ -25,21 +25,11 @@ import pytest
 
 import aioproc
 from aioproc._core import _codec, _hub, _objects, _spawn, _wire
-from tests import hostile_tasks
+from tests import hostile_tasks, procs
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 60
-
-
-def _fds(pid: int | str = "self") -> dict[int, str]:
-    found = {}
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            pass
-    return found
 
 
 def _maps(pid: int | str = "self") -> str:
@@ -60,7 +50,7 @@ class _Snapshot:
 
     def __init__(self, pid: int | str = "self") -> None:
         self.pid = pid
-        self.fds = _fds(pid)
+        self.fds = procs.fds(pid)
         self.inet: set[str] = set()
         for table in _INET_TABLES:
             path = Path(f"/proc/self/net/{table}")
@@ -99,7 +89,7 @@ async def test_workers_hold_no_ip_socket(start_method: str) -> None:
     big = b"\x01" * (_codec.OOB_THRESHOLD * 2)  # travels through a memfd
     hub = queue._endpoint.hub
     assert hub is not None
-    mine_before = _fds()
+    mine_before = procs.fds()
     async with aioproc.ProcessPool(2, start_method=start_method) as pool:
         with anyio.fail_after(TIMEOUT):
             running = pool.submit(hostile_tasks.hold, queue, release, value, big)
@@ -137,7 +127,7 @@ async def test_shared_memory_has_no_name() -> None:
             assert await pool.apply(hostile_tasks.echo_large, big) == big  # both ways
             assert value.value == 1.5
             assert array[999] == 999
-            memfds = [t for t in _fds().values() if t.startswith("/memfd:")]
+            memfds = [t for t in procs.fds().values() if t.startswith("/memfd:")]
             maps = _maps()
     assert memfds, "Value and Array are held as memfds"
     for target in memfds:
@@ -176,7 +166,7 @@ async def test_forked_children_do_not_pin_the_parents_shared_memory() -> None:
             )
             async with forked:
                 child = await queue.get()
-                held = {os.stat(f"/proc/{child}/fd/{fd}").st_ino for fd in _fds(child)}
+                held = {os.stat(f"/proc/{child}/fd/{fd}").st_ino for fd in procs.fds(child)}
                 release.set()
             await running
     assert not blocks & held
