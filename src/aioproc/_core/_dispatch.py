@@ -762,7 +762,8 @@ class Dispatcher:
         job.state = CANCELLED
         worker = job.worker
         if state == RUNNING and worker is not None and job.id in worker.jobs:
-            ahead = list(worker.jobs)[: list(worker.jobs).index(job.id)]
+            ids = list(worker.jobs)
+            ahead = ids[: ids.index(job.id)]
             del worker.jobs[job.id]
             if len(ahead) < self.config.concurrency:
                 self._stop_running(worker, job.id)
