@@ -375,8 +375,9 @@ async def test_row13_pool_collected_with_a_backlog(start_method: str) -> None:
     pids = list(pool.statistics().pids)
     running = pool.submit(tasks.sleep_forever)
     backlog = [pool.submit(tasks.double, i) for i in range(3)]
-    del pool
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del pool
+        gc.collect()
     for task in [running, *backlog]:
         with anyio.fail_after(10), pytest.raises(aioproc.PoolClosedError):
             await task

@@ -8,28 +8,46 @@ import contextlib
 import functools
 import math
 import os
+import warnings
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
 import anyio
 
 from ._core import _codec, _loop, _spawn, _wire
-from ._core._dispatch import CANCELLED, DONE, Dispatcher, Job, PoolConfig
+from ._core._dispatch import CANCELLED, DONE, RUNNING, Dispatcher, Job, PoolConfig
 from ._exceptions import PoolClosedError, SerializationError
 
 if TYPE_CHECKING:
     from collections.abc import Generator
     from types import TracebackType
 
-    from ._core._loop import Backend, Future, Handle
+    from ._core._loop import Future, Handle
 
 __all__ = ("PoolStatistics", "ProcessPool", "Task", "run")
 
 P = ParamSpec("P")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+
+# The overloads below give each call the result type of its function: an ``async def``
+# function's coroutine is unwrapped (a worker awaits it); a plain function's value is kept.
+_Co: TypeAlias = Coroutine[Any, Any, T]
+_Items: TypeAlias = Iterable[T] | AsyncIterable[T]  # an input of map and imap: sync or async
 
 
 @dataclass(frozen=True)
@@ -59,20 +77,26 @@ class Task(Generic[T_co]):
     """A task submitted with :meth:`ProcessPool.submit`: await it for the result.
 
     Awaiting a task that is then cancelled (a timeout scope, ``asyncio`` task cancellation)
-    cancels the task, as awaiting an ``asyncio.Task`` does.
+    cancels the task, as awaiting an ``asyncio.Task`` does. Under asyncio it is also a
+    future: ``asyncio.wait``, ``as_completed``, ``gather``, ``shield`` and ``wait_for``
+    accept it.
     """
 
     __slots__ = ("__weakref__", "_callbacks", "_dispatcher", "_job")
 
+    # asyncio.isfuture() looks for this attribute: it makes asyncio.ensure_future() (and
+    # so wait, as_completed, gather, shield) take the task as it is.
+    _asyncio_future_blocking = False
+
     def __init__(self, dispatcher: Dispatcher, job: Job) -> None:
         self._dispatcher = dispatcher
         self._job = job
-        self._callbacks: list[Callable[[Task[T_co]], object]] | None = None
+        self._callbacks: list[tuple[Callable[[Task[T_co]], object], Any]] | None = None
 
     def __await__(self) -> Generator[Any, None, T_co]:
         return self._dispatcher.wait(self._job).__await__()
 
-    def cancel(self) -> bool:
+    def cancel(self, msg: object = None) -> bool:
         """Cancel the task: a queued one never starts, a running one is stopped.
 
         Returns:
@@ -86,6 +110,11 @@ class Task(Generic[T_co]):
     def done(self) -> bool:
         """True once the task has a result, an exception, or was cancelled."""
         return self._job.finished()
+
+    def running(self) -> bool:
+        """True while a worker runs the task (not while it waits in the queue or a pipe)."""
+        job = self._job
+        return job.state == RUNNING and job.started != 0.0
 
     def cancelled(self) -> bool:
         return self._job.state == CANCELLED
@@ -109,22 +138,51 @@ class Task(Generic[T_co]):
             raise asyncio.CancelledError
         return self._job.error
 
-    def add_done_callback(self, callback: Callable[[Task[T_co]], object]) -> None:
+    def add_done_callback(
+        self, callback: Callable[[Task[T_co]], object], *, context: Any = None
+    ) -> None:
         """Call ``callback(task)`` from the event loop once the task is done."""
-        backend = self._dispatcher.backend
         if self._job.finished():
-            backend.call_soon(functools.partial(callback, self))
+            self._schedule(callback, context)
             return
         if self._callbacks is None:
             self._callbacks = []
-            callbacks = self._callbacks
+            self._job.notify = self._notify
+        self._callbacks.append((callback, context))
 
-            def notify(_: Job) -> None:
-                for cb in callbacks:
-                    backend.call_soon(functools.partial(cb, self))
+    def remove_done_callback(self, callback: Callable[[Task[T_co]], object]) -> int:
+        """Remove every registration of ``callback``; return how many there were."""
+        callbacks = self._callbacks
+        if not callbacks:
+            return 0
+        kept = [(cb, ctx) for cb, ctx in callbacks if cb != callback]
+        removed = len(callbacks) - len(kept)
+        callbacks[:] = kept
+        return removed
 
-            self._job.notify = notify
-        self._callbacks.append(callback)
+    def _notify(self, _: Job) -> None:
+        callbacks, self._callbacks = self._callbacks or [], []
+        for callback, context in callbacks:
+            self._schedule(callback, context)
+
+    def _schedule(self, callback: Callable[[Task[T_co]], object], context: Any) -> None:
+        backend = self._dispatcher.backend
+        loop = getattr(backend, "loop", None)
+        if loop is not None:
+            loop.call_soon(callback, self, context=context)
+        else:
+            backend.call_soon(functools.partial(callback, self))
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio event loop the task belongs to (asyncio.Future's protocol)."""
+        loop = getattr(self._dispatcher.backend, "loop", None)
+        if loop is None:
+            raise RuntimeError("the task belongs to a trio run, not an asyncio event loop")
+        return loop  # type: ignore[no-any-return]
+
+    def _make_cancelled_error(self) -> asyncio.CancelledError:
+        # asyncio.gather() asks a cancelled child future for the error to raise.
+        return asyncio.CancelledError()
 
     def __repr__(self) -> str:
         state = ("queued", "running", "done", "failed", "cancelled")[self._job.state]
@@ -178,21 +236,21 @@ class ProcessPool:
             _check_int("max_tasks_per_child", max_tasks_per_child, minimum=1)
         _check_int("concurrency", concurrency, minimum=1)
         _check_int("retries", retries, minimum=0)
-        if task_timeout is not None and (
-            isinstance(task_timeout, bool)
-            or not isinstance(task_timeout, int | float)
-            or not task_timeout > 0
-            or math.isinf(task_timeout)
-        ):
-            raise ValueError(
-                f"task_timeout must be a positive number of seconds or None; got {task_timeout!r}"
-            )
+        if task_timeout is not None:
+            _check_seconds("task_timeout", task_timeout)
         start_method = _spawn.resolve_start_method(start_method)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable; got {initializer!r}")
+        try:
+            initargs = tuple(initargs)
+        except TypeError:
+            raise TypeError(
+                f"initargs must be an iterable of arguments for the initializer; "
+                f"got {type(initargs).__name__}"
+            ) from None
         self._max_workers = max_workers
         self._initializer = initializer
-        self._initargs = tuple(initargs)
+        self._initargs = initargs
         self._settings = dict(
             max_workers=max_workers,
             concurrency=concurrency,
@@ -202,6 +260,7 @@ class ProcessPool:
             start_method=start_method,
         )
         self._dispatcher: Dispatcher | None = None
+        self._keeper: Handle | None = None
         self._closed = False
 
     # --- life cycle -------------------------------------------------------------------------
@@ -213,7 +272,11 @@ class ProcessPool:
     def _engine(self) -> Dispatcher:
         dispatcher = self._dispatcher
         if dispatcher is not None:
-            return dispatcher
+            if dispatcher.backend.is_current():
+                return dispatcher
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            raise self._foreign_loop(dispatcher)
         if self._closed:
             raise PoolClosedError("the pool is closed")
         backend = _loop.current_backend()
@@ -228,9 +291,22 @@ class ProcessPool:
         except BaseException:
             dispatcher.terminate_sync()
             raise
+        self._keeper = backend.start_task(functools.partial(_end_with_the_loop, dispatcher))
         return dispatcher
 
+    @staticmethod
+    def _foreign_loop(dispatcher: Dispatcher) -> RuntimeError:
+        owner = dispatcher.backend
+        ended = "" if owner.is_running() else ", which has ended"
+        return RuntimeError(
+            f"this pool belongs to another event loop: it was started in {owner!r}{ended}, "
+            f"and is used from {_loop.current_backend()!r}; create the pool inside the event "
+            f"loop that uses it (one per asyncio.run(), or per test)"
+        )
+
     async def __aenter__(self) -> ProcessPool:
+        if self._closed:
+            raise PoolClosedError("the pool is closed; a closed pool cannot be entered again")
         self._engine()
         return self
 
@@ -252,6 +328,11 @@ class ProcessPool:
         dispatcher = self._dispatcher
         if dispatcher is None:
             return
+        if not dispatcher.backend.is_current():
+            if dispatcher.backend.is_running():
+                raise self._foreign_loop(dispatcher)
+            dispatcher.terminate_sync()  # its loop has ended: nothing to wait for
+            return
         try:
             await dispatcher.aclose(cancel=cancel)
         except BaseException:
@@ -262,11 +343,31 @@ class ProcessPool:
         finally:
             if dispatcher.workers:
                 dispatcher.terminate_sync()
+            self._stop_keeper()
+
+    def _stop_keeper(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
 
     def __del__(self) -> None:
         dispatcher = self.__dict__.get("_dispatcher")
         if dispatcher is not None and not dispatcher.closed:
+            warnings.warn(
+                f"unclosed {self!r}: use 'async with ProcessPool()' or 'await pool.aclose()'",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
             dispatcher.terminate_sync()
+            if dispatcher.backend.is_current():
+                with contextlib.suppress(Exception):
+                    self._stop_keeper()
+
+    def __repr__(self) -> str:
+        d = self.__dict__.get("_dispatcher")
+        state = "closed" if self._closed or (d is not None and d.closed) else "open"
+        return f"<aioproc.ProcessPool max_workers={self._max_workers} {state}>"
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's workers and task counts."""
@@ -291,7 +392,11 @@ class ProcessPool:
     ) -> tuple[Dispatcher, Job]:
         if not callable(fn):
             raise TypeError(f"fn must be callable; got {fn!r}")
-        d = self._engine()
+        return self._job_on(self._engine(), fn, args, kwargs)
+
+    def _job_on(
+        self, d: Dispatcher, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Dispatcher, Job]:
         fn_id = d.function_id(fn)
         try:
             payload, release = _codec.dumps_maybe_large((args, kwargs or None))
@@ -301,6 +406,12 @@ class ProcessPool:
         job.release = release  # large buffers wait in shared memory until the job ends
         return d, job
 
+    @overload
+    async def apply(
+        self, fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def apply(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
     async def apply(
         self, fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
@@ -315,7 +426,12 @@ class ProcessPool:
             TimeoutError: the task ran past ``task_timeout``.
             PoolClosedError: the pool is closed.
         """
-        d, job = self._job(fn, args, kwargs)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable; got {fn!r}")
+        d = self._engine()
+        if d.backend.cancel_pending():
+            await d.backend.checkpoint()  # a cancelled caller never reaches a worker
+        d, job = self._job_on(d, fn, args, kwargs)
         d.submit(job)
         # Dispatcher.wait, inlined: this is the hottest path of the library.
         if not job.finished():
@@ -327,10 +443,18 @@ class ProcessPool:
                 raise
         return job.outcome()  # type: ignore[no-any-return]
 
+    @overload
+    def submit(self, fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
     def submit(
         self, fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> Task[T]:
-        """Schedule ``fn(*args, **kwargs)``; return a :class:`Task` to await or cancel."""
+        """Schedule ``fn(*args, **kwargs)``; return a :class:`Task` to await or cancel.
+
+        The task's result type is ``fn``'s (for an ``async def`` function, what its
+        coroutine returns).
+        """
         d, job = self._job(fn, args, kwargs)
         d.submit(job)
         return Task(d, job)
@@ -431,6 +555,27 @@ class ProcessPool:
 # --- helpers ------------------------------------------------------------------------------
 
 
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None; got {type(value).__name__}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{name} must be a positive number of seconds or None; got {value!r}")
+
+
+async def _end_with_the_loop(dispatcher: Dispatcher) -> None:
+    """Sleeps until the pool's event loop shuts down, then releases the pool's workers.
+
+    ``asyncio.run()``, ``asyncio.Runner`` (pytest-asyncio's loops) and ``trio.run()``
+    cancel what is left when their main task returns; a pool still open then would keep
+    its workers until the interpreter exits. The pool cancels this task once closed.
+    """
+    try:
+        await dispatcher.backend.create_future()
+    finally:
+        if not dispatcher.closed:
+            dispatcher.terminate_sync()
+
+
 def _check_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int; got {type(value).__name__}")
@@ -481,6 +626,8 @@ def _chunk_job(d: Dispatcher, fn_id: int, chunk: list[Any], start: int, mode: in
 
 async def _run_all(d: Dispatcher, jobs: list[Job]) -> None:
     """Submit ``jobs``, wait for all of them; on the first failure cancel the rest, raise."""
+    if d.backend.cancel_pending():
+        await d.backend.checkpoint()  # a cancelled caller never reaches a worker
     waiter = d.backend.create_future()
     remaining = len(jobs)
 
@@ -644,6 +791,8 @@ class MapIterator(Generic[T]):
         return None
 
     async def __anext__(self) -> T:
+        if self._d.backend.cancel_pending():
+            await self._d.backend.checkpoint()  # a cancelled caller starts no more work
         while True:
             if self._buffer:
                 return self._buffer.popleft()  # type: ignore[no-any-return]
@@ -851,31 +1000,14 @@ def _default_pool() -> ProcessPool:
         try:
             return _trio_default.get()  # type: ignore[no-any-return]
         except LookupError:
-            pool = ProcessPool()
+            pool = ProcessPool()  # shut down with the run, as every pool (_end_with_the_loop)
             _trio_default.set(pool)
-            _keep_until_loop_ends(backend, pool)
             return pool
     loop = asyncio.get_running_loop()
     pool_ = _default_pools.get(loop)
     if pool_ is None or pool_._closed:
         pool_ = _default_pools[loop] = ProcessPool()
-        _keep_until_loop_ends(backend, pool_)
     return pool_
-
-
-def _keep_until_loop_ends(backend: Backend, pool: ProcessPool) -> None:
-    # A task that sleeps until the loop shuts down and then closes the pool: asyncio.run()
-    # and trio.run() both cancel what is left when the main task returns.
-    async def keeper() -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            dispatcher = pool._dispatcher
-            pool._closed = True
-            if dispatcher is not None:
-                dispatcher.terminate_sync()
-
-    backend.start_task(keeper)
 
 
 async def run(

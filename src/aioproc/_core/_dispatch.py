@@ -45,6 +45,7 @@ import atexit
 import codecs
 import collections
 import contextlib
+import copy
 import functools
 import itertools
 import logging
@@ -73,7 +74,25 @@ _STOP_GRACE = 5.0
 _CANCEL_GRACE = 2.0
 _FUNCTION_CACHE = 256
 
-_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _cacheable(fn: object) -> bool:
+    """Is ``fn`` immutable by identity, so that its pickle may be reused for later calls?
+
+    Only module-level functions, built-in functions of a module, and classes: what they
+    do cannot change while the same object lives. Anything that carries state (a bound
+    method such as ``d.get``, a closure, a partial, a callable instance) may change
+    between two calls, so it is pickled with each call, and the pool keeps no reference
+    to it.
+    """
+    kind = type(fn)
+    if kind is types.FunctionType:
+        plain: types.FunctionType = fn  # type: ignore[assignment]
+        return plain.__closure__ is None and "<locals>" not in plain.__qualname__
+    if kind is types.BuiltinFunctionType:
+        owner = fn.__self__  # type: ignore[attr-defined]
+        return owner is None or type(owner) is types.ModuleType
+    return isinstance(fn, type) and "<locals>" not in fn.__qualname__
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = range(5)
 
@@ -121,6 +140,7 @@ class Job:
 
     __slots__ = (
         "error",
+        "error_tb",
         "fn_id",
         "id",
         "mode",
@@ -152,6 +172,7 @@ class Job:
         self.state = QUEUED
         self.value: Any = None
         self.error: BaseException | None = None
+        self.error_tb: types.TracebackType | None = None  # the error's own, not the awaiters'
         self.waiter: Future | None = None
         self.notify: Callable[[Job], None] | None = None
         self.on_item: Callable[[Any], None] | None = None
@@ -174,7 +195,9 @@ class Job:
 
             raise asyncio.CancelledError
         assert self.error is not None
-        raise self.error
+        # As asyncio.Future.result(): each raise starts from the error's own traceback, so
+        # awaiting a failed task again does not pile up the frames of every earlier await.
+        raise self.error.with_traceback(self.error_tb)
 
 
 class _Worker:
@@ -386,7 +409,7 @@ class Dispatcher:
                 job.retries -= 1
                 retry.append(job)
             else:
-                self._fail(job, self.broken or _died(worker.pid, code))
+                self._fail(job, _own_copy(self.broken) if self.broken else _died(worker.pid, code))
         self._requeue(retry + waiting)
         for callback in worker.exited:
             callback()
@@ -417,10 +440,9 @@ class Dispatcher:
         Raises:
             SerializationError: ``fn`` cannot be pickled.
         """
-        # Plain functions are cached by identity. Other callables (bound methods, partials,
-        # callable objects) carry state that may change between calls, so they are pickled
-        # each time; the blob table still spares the workers a second Define.
-        cacheable = type(fn) in _CACHEABLE
+        # Module-level functions are cached by identity (see _cacheable); anything else is
+        # pickled each time, and the blob table still spares the workers a second Define.
+        cacheable = _cacheable(fn)
         if cacheable:
             fn_id = self._fn_by_obj.get(fn)
             if fn_id is not None:
@@ -633,7 +655,7 @@ class Dispatcher:
             _log.error("corrupt frame from worker %d: %s", worker.pid, exc)
             self.backend.remove_reader(worker.result_fd)
             for job in list(worker.jobs.values())[: self.config.concurrency]:
-                self._fail(job, exc)
+                self._fail(job, _own_copy(exc))
             self._kill(worker)
             return False
         for msg in msgs:
@@ -651,8 +673,10 @@ class Dispatcher:
                 self._advance(worker, job)
                 try:
                     value = _codec.loads_any(msg.value)
-                except Exception as exc:
-                    self._fail(job, SerializationError(f"cannot rebuild the result: {exc!r}"))
+                except BaseException as exc:
+                    # Even SystemExit or KeyboardInterrupt from an object's __reduce__: it
+                    # fails this task, as in concurrent.futures, not the event loop.
+                    self._fail(job, _rebuild_error("the result", exc))
                 else:
                     self._succeed(job, value)
         elif isinstance(msg, _wire.Failed):
@@ -665,10 +689,10 @@ class Dispatcher:
             if job is not None and job.on_item is not None:
                 try:
                     item = _codec.loads_any(msg.value)
-                except Exception as exc:
+                except BaseException as exc:
                     worker.jobs.pop(msg.id)
                     self._advance(worker, job)
-                    self._fail(job, SerializationError(f"cannot rebuild an item: {exc!r}"))
+                    self._fail(job, _rebuild_error("an item", exc))
                 else:
                     job.on_item(item)
         elif isinstance(msg, _wire.End):
@@ -733,6 +757,7 @@ class Dispatcher:
             job.timer = None
         job.state = FAILED
         job.error = error
+        job.error_tb = error.__traceback__
         self.failed += 1
         self._resolved(job)
 
@@ -817,7 +842,7 @@ class Dispatcher:
 
     def _fail_queue(self, error: BaseException) -> None:
         while self.queue:
-            self._fail(self.queue.popleft(), error)
+            self._fail(self.queue.popleft(), _own_copy(error))
 
     # --- waiting ----------------------------------------------------------------------------
 
@@ -905,13 +930,11 @@ class Dispatcher:
 
     def _abort_streams(self) -> None:
         error = PoolClosedError("the pool closed while the stream was still running")
-        for job in list(self.queue):
-            self._fail(job, error)
-        self.queue.clear()
+        self._fail_queue(error)
         for worker in list(self.workers):
             if worker.jobs:
                 for job in list(worker.jobs.values()):
-                    self._fail(job, error)
+                    self._fail(job, _own_copy(error))
                 self._kill(worker)
 
     def kill_all(self) -> None:
@@ -933,7 +956,7 @@ class Dispatcher:
         self._fail_queue(error)
         for worker in list(self.workers):
             for job in list(worker.jobs.values()):
-                self._fail(job, error)
+                self._fail(job, _own_copy(error))
             worker.jobs.clear()
             worker.replaced = True
             worker.proc.kill()
@@ -982,6 +1005,24 @@ def _hub_settings() -> dict[str, Any]:
     return {"hub": known[0], "hub_key": known[1]}
 
 
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one more task: raising one object from several awaits
+    would give every awaiter the frames of all the others."""
+    try:
+        copied = copy.copy(error)
+    except Exception:  # pragma: no cover - an exception type that refuses to be copied
+        return error
+    copied.__cause__ = error.__cause__
+    copied.__suppress_context__ = error.__suppress_context__
+    return copied
+
+
+def _rebuild_error(what: str, exc: BaseException) -> SerializationError:
+    error = SerializationError(f"cannot rebuild {what}: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
 def _setter(waiter: Future) -> Callable[[], None]:
     def set_done() -> None:
         if not waiter.done():
@@ -1014,7 +1055,7 @@ def _lowest_log_level() -> int:
 def _emit_log(blob: bytes) -> None:
     try:
         record = logging.makeLogRecord(_codec.loads(blob))
-    except Exception:  # pragma: no cover - defensive
+    except BaseException:  # pragma: no cover - defensive: a record that will not rebuild
         return
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):

@@ -53,6 +53,9 @@ class Backend(Protocol):
     def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle: ...
     def time(self) -> float: ...
     def is_running(self) -> bool: ...
+    def is_current(self) -> bool: ...
+    def cancel_pending(self) -> bool: ...
+    async def checkpoint(self) -> None: ...
 
 
 # --- asyncio ------------------------------------------------------------------------------
@@ -81,6 +84,40 @@ class AsyncioBackend:
 
     def is_running(self) -> bool:
         return not self.loop.is_closed() and self.loop.is_running()
+
+    def is_current(self) -> bool:
+        """Is this backend's loop the one running in this thread?"""
+        return asyncio._get_running_loop() is self.loop
+
+    def cancel_pending(self) -> bool:
+        """Will the current task be cancelled at its next checkpoint?
+
+        ``Task.cancel()`` shows in ``cancelling()``; a cancelled anyio scope is delivered
+        only at the task's next checkpoint, so its state is read the way anyio's own
+        ``checkpoint_if_cancelled`` reads it, without that call's few microseconds.
+        """
+        task = asyncio.current_task(self.loop)
+        if task is None:
+            return False
+        if task.cancelling():
+            return True
+        states = getattr(sys.modules.get("anyio._backends._asyncio"), "_task_states", None)
+        if states is None:
+            return False
+        scope = getattr(states.get(task), "cancel_scope", None)
+        while scope is not None:
+            if scope.cancel_called:
+                return True
+            if scope.shield:
+                return False
+            scope = getattr(scope, "_parent_scope", None)
+        return False
+
+    async def checkpoint(self) -> None:
+        await asyncio.sleep(0)
+
+    def __repr__(self) -> str:
+        return f"{self.loop!r} (at {id(self.loop):#x})"
 
 
 # --- trio ---------------------------------------------------------------------------------
@@ -212,6 +249,17 @@ class TrioBackend:
             return self._trio.lowlevel.current_trio_token() is self._token
         except RuntimeError:
             return False
+
+    is_current = is_running
+
+    def cancel_pending(self) -> bool:
+        return bool(self._trio.current_effective_deadline() == -math.inf)
+
+    async def checkpoint(self) -> None:
+        await self._trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<trio run {self._token!r}>"
 
     def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle:
         scope = self._trio.CancelScope()
