@@ -430,3 +430,19 @@ def test_bad_pool_options_name_the_parameter(
 ) -> None:
     with pytest.raises(error, match=match):
         aioproc.ProcessPool(**options)
+
+
+async def test_an_array_larger_than_memory_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"needs 3\.6 TiB.*more than this machine's memory"):
+        aioproc.Array("i", 10**12)
+    with pytest.raises(ValueError, match="more than this machine's memory"):
+        aioproc.Array("d", 2**62 // 8)
+
+
+async def test_a_unicode_array_has_a_numpy_view() -> None:
+    pytest.importorskip("numpy")
+    arr = aioproc.Array("u", "abc")
+    view = arr.numpy()
+    assert view.tolist() == ["a", "b", "c"]
+    view[1] = "z"  # the view shares the memory
+    assert arr[:] == "azc"

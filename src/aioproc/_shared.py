@@ -78,6 +78,28 @@ class _Shared(Proxy):
         return self._lock
 
 
+def _check_fits(size: int, what: str) -> None:
+    """Refuse a block larger than this machine's memory: the kernel would hand out the
+    address space, and the first pass over it would bring the OOM killer instead."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):  # pragma: no cover - a platform without these
+        return
+    if size > memory:
+        raise ValueError(
+            f"{what} needs {_human(size)}, more than this machine's memory ({_human(memory)})"
+        )
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def _make_lock(lock: bool | Lock) -> Lock | None:
     if lock is True:
         return Lock()
@@ -151,6 +173,7 @@ class Array(_Shared):
             init = list(size_or_initializer)
             length = len(init)
         size = ctypes.sizeof(ctype) * length
+        _check_fits(size, f"an Array of {length} {ctype.__name__} items")
         self._create(
             {"size": size},
             {"type": typecode_or_type, "size": size, "length": length, "lock": _make_lock(lock)},
@@ -177,12 +200,29 @@ class Array(_Shared):
         return iter(self._obj[:])
 
     def numpy(self) -> Any:
-        """A numpy array viewing the shared memory itself (no copy); needs numpy."""
+        """A numpy array viewing the shared memory itself (no copy); needs numpy.
+
+        Raises:
+            TypeError: the array's ctypes type has no numpy equivalent.
+        """
         try:
             import numpy as np
         except ImportError:
-            raise ImportError('Array.numpy() needs numpy: pip install "aioproc[numpy]"') from None
-        return np.ctypeslib.as_array(self._obj)
+            raise ImportError(
+                'Array.numpy() needs numpy: pip install "aioproc-parallel[numpy]"'
+            ) from None
+        if self._ctype is ctypes.c_wchar:
+            # ctypes describes wchar_t as 'u', which numpy does not read; numpy's own
+            # one-character strings have the same layout where wchar_t is 4 bytes.
+            if ctypes.sizeof(ctypes.c_wchar) == 4:
+                return np.frombuffer(self._mmap, dtype="=U1", count=self._length)
+        try:
+            return np.ctypeslib.as_array(self._obj)
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise TypeError(
+                f"an Array of {self._ctype.__name__} has no numpy view ({exc}); use a numeric "
+                f"typecode such as 'i' or 'd'"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<aioproc.Array {self._ctype.__name__}[{self._length}]>"

@@ -351,8 +351,6 @@ def dumps_result(obj: object) -> bytes:
 
 def load_large(oob: OutOfBand) -> Any:
     """Unpickle an :class:`OutOfBand` envelope, mapping its block of shared memory."""
-    import mmap
-
     from . import _hub
 
     if _hub.in_worker and _hub.known_address() is None:
@@ -369,7 +367,7 @@ def load_large(oob: OutOfBand) -> Any:
         buffers: list[Any] = []
         for start, size, how in oob.layout:
             if how == _MAP:
-                buffers.append(memoryview(mmap.mmap(fd, size, offset=start)))
+                buffers.append(_map_shared(fd, size, start))
             elif how == _READ_BYTEARRAY:
                 target = bytearray(size)
                 _read_into(fd, memoryview(target), start)
@@ -385,8 +383,68 @@ def load_large(oob: OutOfBand) -> Any:
     finally:
         os.close(fd)
     # numpy arrays rebuilt here view their mapping (zero-copy, writable): it stays alive as
-    # long as they do. bytes come back as the bytes pread made.
+    # long as they do, and holds no descriptor. bytes come back as the bytes pread made.
     return pickle.loads(oob.data, buffers=buffers)
+
+
+_MAP_FIXED = 0x10  # <sys/mman.h>: the same on every Linux architecture but alpha and parisc
+_libc_mmap: Any = None
+
+
+def _map_shared(fd: int, size: int, offset: int) -> memoryview:
+    """A writable view of ``size`` bytes of ``fd`` from ``offset``, mapped shared, that
+    keeps no file descriptor open.
+
+    ``mmap.mmap(fd, ...)`` keeps a duplicate of ``fd`` for as long as the mapping lives
+    (before Python 3.13's ``trackfd=False``), so every live array would hold one and a
+    program keeping a few hundred large results would run out of descriptors. Instead, an
+    anonymous ``mmap`` object reserves the address range, and the block is mapped over it
+    with ``MAP_FIXED``, which replaces the reservation atomically (the range is ours, so
+    nothing else can be there). That object then owns the mapping: it is unmapped once
+    the last view of it is gone, and a mapping alone keeps the block's memory alive.
+    """
+    import ctypes
+    import mmap
+
+    global _libc_mmap
+    if _libc_mmap is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # mmap64 takes a 64-bit offset on 32-bit systems too; musl has only mmap (64-bit).
+        fn = getattr(libc, "mmap64", None) or libc.mmap
+        fn.restype = ctypes.c_void_p
+        fn.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int64,
+        ]
+        _libc_mmap = fn
+    # Private and not reserved: no memory is committed for what is replaced right away.
+    reserved = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0))
+    anchor = ctypes.c_char.from_buffer(reserved)
+    address = ctypes.addressof(anchor)
+    del anchor  # it exports the buffer; it must not pin the reservation
+    mapped = _libc_mmap(
+        address,
+        size,
+        mmap.PROT_READ | mmap.PROT_WRITE,
+        mmap.MAP_SHARED | _MAP_FIXED,
+        fd,
+        offset,
+    )
+    if mapped != address:
+        errno = ctypes.get_errno()
+        # A failed MAP_FIXED may have unmapped the range already, and another thread may
+        # map something there: unmapping it now could destroy that. The reservation is
+        # kept instead (address space only, never touched).
+        _unusable.append(reserved)
+        raise OSError(errno, f"cannot map shared memory: {os.strerror(errno)}")
+    return memoryview(reserved)
+
+
+_unusable: list[Any] = []
 
 
 def _read_into(fd: int, view: memoryview, offset: int) -> None:
