@@ -13,10 +13,19 @@ name, message and traceback.
 
 from __future__ import annotations
 
+import collections
+import functools
 import io
+import linecache
+import marshal
 import os
 import pickle
+import sys
+import threading
 import traceback
+import types
+import typing
+import weakref
 from typing import Any
 
 from .._exceptions import RemoteError, RemoteTraceback, SerializationError
@@ -46,9 +55,262 @@ def type_name(obj: object) -> str:
 
 
 def _cloudpickle_dumps(obj: object) -> bytes:
-    import cloudpickle
+    out = io.BytesIO()
+    _pickler()(out, protocol=_PROTOCOL).dump(obj)
+    return out.getvalue()
 
-    return cloudpickle.dumps(obj, protocol=_PROTOCOL)  # type: ignore[no-any-return]
+
+@functools.cache
+def _pickler() -> Any:
+    """cloudpickle's pickler, with what it gets wrong for a script's classes and functions.
+
+    - Code keeps its file name (cloudpickle writes ``<dynamic-code>``), so a worker's
+      traceback shows the script's file, line and source line.
+    - A ``msgspec.Struct`` class is rebuilt field for field (see :func:`_reduce_struct`),
+      and ``msgspec.Meta`` constraints in its annotations pickle.
+    - Other classes leave out msgspec's cache (which does not pickle), and every class
+      sends its annotations evaluated: the other process, which checks values against
+      them in typed queues, has not the script's globals to evaluate forward references
+      (``"Node"``, or all of them under ``from __future__ import annotations``) in.
+    """
+    import cloudpickle
+    import msgspec
+
+    base = cloudpickle.Pickler
+    override = base.reducer_override
+    table = base.dispatch_table
+    tables = table.maps if isinstance(table, collections.ChainMap) else [table]
+
+    class Pickler(base):  # type: ignore[misc,valid-type]
+        # Looked up for every object: as flat as cloudpickle's own (a nested ChainMap costs
+        # a quarter more time on a list of instances). copyreg's table stays a live view.
+        dispatch_table: typing.ClassVar[Any] = collections.ChainMap(
+            {**tables[0], types.CodeType: _reduce_code, msgspec.Meta: _reduce_meta}, *tables[1:]
+        )
+
+        def reducer_override(self, obj: Any) -> Any:
+            # Called for nearly every object pickled (each instance of a script's class):
+            # cloudpickle's own only does something for functions and classes.
+            if not isinstance(obj, type):
+                return override(self, obj) if type(obj) is types.FunctionType else NotImplemented
+            reduced = override(self, obj)
+            if reduced is NotImplemented or len(reduced) != 6:
+                return reduced  # not a class sent by value
+            if _is_struct_class(obj):
+                return _reduce_struct(obj)
+            state = reduced[2]
+            if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+                namespace = state[0]  # a copy of the class's __dict__
+                namespace.pop("__msgspec_cache__", None)
+                if "__annotations__" in namespace:
+                    namespace["__annotations__"] = _annotations(obj)
+            return reduced
+
+    return Pickler
+
+
+def _reduce_code(code: types.CodeType) -> Any:
+    # marshal keeps everything (nested code too), the file name included; both ends run the
+    # same interpreter. Source that exists in no file (a notebook cell) travels with it.
+    lines = None
+    entry = linecache.cache.get(code.co_filename)
+    if entry is not None and len(entry) == 4 and entry[1] is None:
+        lines = entry[2]
+    return _rebuild_code, (marshal.dumps(code), lines)
+
+
+def _rebuild_code(data: bytes, lines: list[str] | None) -> types.CodeType:
+    code: types.CodeType = marshal.loads(data)
+    if lines is not None:
+        size = sum(map(len, lines))
+        linecache.cache.setdefault(code.co_filename, (size, None, lines, code.co_filename))
+    return code
+
+
+def _reduce_meta(meta: Any) -> Any:
+    # msgspec.Meta (constraints in Annotated[...] of a script's class) does not pickle.
+    keys = [key for key in dir(meta) if not key.startswith("_")]
+    given = {key: getattr(meta, key) for key in keys if getattr(meta, key) is not None}
+    return _rebuild_meta, (given,)
+
+
+def _rebuild_meta(given: dict[str, Any]) -> Any:
+    import msgspec
+
+    return msgspec.Meta(**given)
+
+
+def _annotations(cls: type) -> dict[str, Any]:
+    """``cls``'s own annotations, with forward references (``"Node"``, ``list["Node"]``,
+    all of them under ``from __future__ import annotations``) evaluated where possible."""
+    import inspect
+
+    own = inspect.get_annotations(cls)  # a new dict
+    if not own:
+        return own
+    module = sys.modules.get(cls.__module__)
+    globalns = dict(vars(module)) if module is not None else {}
+    localns = dict(vars(cls))
+
+    def evaluate(annotations: dict[str, Any]) -> dict[str, Any]:
+        # The class's own annotations only, evaluated as get_type_hints does for a class.
+        probe = type("probe", (), {"__annotations__": annotations})
+        return typing.get_type_hints(probe, globalns, localns, include_extras=True)
+
+    try:
+        return evaluate(own)
+    except Exception:
+        pass
+    for name, value in own.items():
+        try:
+            own[name] = evaluate({name: value})[name]
+        except Exception:
+            pass  # left as it is: the receiver may still resolve it
+    return own
+
+
+def _is_struct_class(cls: type) -> bool:
+    msgspec = sys.modules.get("msgspec")
+    return msgspec is not None and isinstance(cls, type(msgspec.Struct))
+
+
+# A Struct class sent by value keeps its identity: the class rebuilt from a given one is
+# reused by every later pickle that names it, and the process it came from gets back its own.
+_class_ids: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+_classes: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionary()
+_unfinished: weakref.WeakSet[type] = weakref.WeakSet()  # built, their state not yet set
+_classes_lock = threading.Lock()
+
+
+def _reduce_struct(cls: type) -> Any:
+    """How a ``msgspec.Struct`` class defined in the script travels.
+
+    ``StructMeta`` lays the fields out when the class is created, from the annotations and
+    defaults of the class body: cloudpickle's way, an empty class then filled attribute by
+    attribute, makes a Struct without fields. So the class is created again from what its
+    body declared (its own fields, their defaults and names on the wire, its options);
+    everything else (methods, class variables, the evaluated annotations) is set once it
+    exists, which is also what lets a method or an annotation refer to the class itself.
+    msgspec reads ``__post_init__`` only at creation too: a stand-in, :func:`_post_init`,
+    is created with the class, and calls the class's own once it is set.
+    """
+    import inspect
+
+    import msgspec
+
+    fields: tuple[str, ...] = cls.__struct_fields__  # type: ignore[attr-defined]
+    defaults: tuple[Any, ...] = cls.__struct_defaults__  # type: ignore[attr-defined]
+    wire: tuple[str, ...] = cls.__struct_encode_fields__  # type: ignore[attr-defined]
+    factory_type = getattr(msgspec._core, "Factory", ())
+    first_default = len(fields) - len(defaults)
+    keyword_only = {
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    body: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    own = [name for name in inspect.get_annotations(cls) if name in fields]
+    body["__annotations__"] = dict.fromkeys(own, object)  # the real ones come with the state
+    specs: dict[str, dict[str, Any]] = {}  # msgspec.field() arguments (a Field won't pickle)
+    for name in own:
+        index = fields.index(name)
+        spec: dict[str, Any] = {}
+        if index >= first_default and defaults[index - first_default] is not msgspec.NODEFAULT:
+            default = defaults[index - first_default]
+            if isinstance(default, factory_type):
+                spec["default_factory"] = default.factory
+            else:
+                spec["default"] = default
+        if wire[index] != name:
+            spec["name"] = wire[index]
+        if spec:
+            specs[name] = spec
+    if "__post_init__" in cls.__dict__:
+        body["__post_init__"] = _post_init  # the class's own is set with the state
+
+    config = cls.__struct_config__  # type: ignore[attr-defined]
+    options = {
+        key: getattr(config, key)
+        for key in (
+            "array_like",
+            "cache_hash",
+            "dict",
+            "eq",
+            "forbid_unknown_fields",
+            "frozen",
+            "gc",
+            "omit_defaults",
+            "order",
+            "repr_omit_defaults",
+            "weakref",
+        )
+    }
+    if config.tag is not None:
+        options["tag"] = config.tag
+        options["tag_field"] = config.tag_field
+    if own and all(name in keyword_only for name in own):
+        options["kw_only"] = True
+
+    made = {"__module__", "__qualname__"} | set(specs) | set(cls.__dict__.get("__slots__", ()))
+    made |= {"__dict__", "__weakref__", "__slots__", "__orig_bases__", "__msgspec_cache__"}
+    state = {key: value for key, value in cls.__dict__.items() if key not in made}
+    state["__annotations__"] = _annotations(cls)
+    bases = cls.__dict__.get("__orig_bases__", cls.__bases__)
+    args = (type(cls), cls.__name__, bases, body, specs, options, _class_id(cls))
+    return _rebuild_struct, args, state, None, None, _finish_struct
+
+
+def _post_init(self: Any) -> None:
+    """The ``__post_init__`` a rebuilt Struct class is created with: runs the class's own.
+
+    Until the class's attributes are set, it is still this function: an instance rebuilt
+    meanwhile (one held by a class variable) was checked where it was made.
+    """
+    own = type(self).__post_init__
+    if own is not _post_init:
+        own(self)
+
+
+def _class_id(cls: type) -> str:
+    with _classes_lock:
+        found = _class_ids.get(cls)
+        if found is None:
+            found = _class_ids[cls] = os.urandom(16).hex()
+            _classes[found] = cls
+        return found
+
+
+def _rebuild_struct(
+    meta: type,
+    name: str,
+    bases: tuple[Any, ...],
+    body: dict[str, Any],
+    specs: dict[str, dict[str, Any]],
+    options: dict[str, Any],
+    key: str,
+) -> type:
+    found = _classes.get(key)
+    if found is not None:
+        return found  # this process has it already (or is where it came from)
+    import msgspec
+
+    body = {**body, **{field: msgspec.field(**spec) for field, spec in specs.items()}}
+    made = types.new_class(name, bases, {"metaclass": meta, **options}, lambda ns: ns.update(body))
+    with _classes_lock:
+        cls = _classes.setdefault(key, made)
+        if cls is made:  # not built meanwhile by another thread
+            _class_ids[cls] = key
+            _unfinished.add(cls)
+    return cls
+
+
+def _finish_struct(cls: type, state: dict[str, Any]) -> None:
+    with _classes_lock:
+        if cls not in _unfinished:
+            return  # a class of this process: its attributes stay its own
+        _unfinished.discard(cls)
+    for key, value in state.items():
+        setattr(cls, key, value)
 
 
 def dumps(obj: object) -> bytes:
@@ -57,6 +319,7 @@ def dumps(obj: object) -> bytes:
     Raises:
         SerializationError: ``obj`` (or something inside it) cannot be pickled.
     """
+    by_value = False
     try:
         data = _pickle_dumps(obj, _PROTOCOL)
     except Exception:
@@ -64,10 +327,15 @@ def dumps(obj: object) -> bytes:
     else:
         if _MAIN not in data:
             return data
+        by_value = True  # picklable by reference, but the other process has not our __main__
     try:
         return _cloudpickle_dumps(obj)
     except Exception as exc:
-        raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
+        reason: Exception = exc
+        if by_value:  # the cause says what to do too: callers quote it in their own message
+            reason = SerializationError(f"{exc}{_BY_VALUE_HINT}")
+            reason.__cause__ = exc
+        raise SerializationError(f"cannot pickle {_describe(obj)}: {reason}") from reason
 
 
 def dumps_function(fn: object) -> bytes:
@@ -76,8 +344,16 @@ def dumps_function(fn: object) -> bytes:
         try:
             return _cloudpickle_dumps(fn)
         except Exception as exc:
-            raise SerializationError(f"cannot pickle function {fn!r}: {exc}") from exc
+            raise SerializationError(
+                f"cannot pickle function {fn!r}: {exc}{_BY_VALUE_HINT}"
+            ) from exc
     return dumps(fn)
+
+
+_BY_VALUE_HINT = (
+    "; the script's own classes and functions are sent by value:"
+    " move them to a module the other process can import"
+)
 
 
 def _describe(obj: object) -> str:
