@@ -3,7 +3,8 @@
 A fenced ```python block counts as a complete script when it starts an event loop itself
 (it contains ``asyncio.run(``, ``anyio.run(``, ``trio.run(`` or ``uvloop.run(``); other
 blocks are fragments and are only read. Each script runs in a fresh interpreter, in a
-temporary directory, and must exit with status 0.
+temporary directory, and must exit with status 0. Every block that imports aioproc is
+also type-checked, by ``python -m tests.typecheck`` (see tests/typecheck/__main__.py).
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ def runnable(snippet: Snippet) -> bool:
     return any(marker in snippet.code for marker in RUN_MARKERS)
 
 
+_IMPORTS_AIOPROC = re.compile(r"^(import aioproc\b|from aioproc\b)", re.MULTILINE)
+
+
+def complete_program(snippet: Snippet) -> bool:
+    """True for a block that imports aioproc: a whole program, as users would copy it.
+
+    ``python -m tests.typecheck`` type-checks these; blocks without the import are
+    signature summaries and fragments.
+    """
+    return _IMPORTS_AIOPROC.search(snippet.code) is not None
+
+
 SNIPPETS = [s for path in DOCUMENTS if path.exists() for s in python_blocks(path) if runnable(s)]
 
 
@@ -100,6 +113,12 @@ def test_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
     )
 
 
+def test_every_runnable_snippet_is_type_checked() -> None:
+    # A script that runs but escaped the type checks could show users code that fails theirs.
+    unchecked = [s.id for s in SNIPPETS if not complete_program(s)]
+    assert not unchecked, f"runnable snippets that do not import aioproc: {unchecked}"
+
+
 def test_the_guides_have_runnable_snippets() -> None:
     found = {s.path.name for s in SNIPPETS}
     assert {"index.md", "pools.md"} <= found, f"no runnable snippet found in: {found}"
@@ -120,3 +139,14 @@ def test_fences_are_read_correctly(tmp_path: Path) -> None:
         (2, 9, "x = 1\n"),
     ]
     assert [runnable(b) for b in blocks] == [True, False]
+
+
+def test_complete_programs_are_the_blocks_that_import_aioproc(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```python\nimport asyncio\nimport aioproc\n```\n"
+        "```python\nfrom aioproc import ProcessPool\n```\n"
+        "```python\naioproc.Queue(maxsize=0)\n```\n"
+        "```python\nimport aioprocessing\n```\n"
+    )
+    assert [complete_program(b) for b in python_blocks(doc)] == [True, True, False, False]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import sys
@@ -571,3 +572,85 @@ async def test_an_environment_that_is_not_utf8(
     monkeypatch.setenv("AIOPROC_TEST_BYTES", os.fsdecode(b"caf\xe9"))
     async with aioproc.ProcessPool(1, start_method=start_method) as pool:
         assert await pool.apply(tasks.getenvb, "AIOPROC_TEST_BYTES") == b"caf\xe9"
+
+
+# --- several iterables, as builtin map ----------------------------------------------------
+
+
+class _Letters:
+    """An async iterable (not an async generator: zip leaves it unfinished, and trio warns
+    about an async generator collected unfinished)."""
+
+    def __init__(self, text: str) -> None:
+        self._letters = iter(text)
+
+    def __aiter__(self) -> _Letters:
+        return self
+
+    async def __anext__(self) -> str:
+        await anyio.lowlevel.checkpoint()
+        try:
+            return next(self._letters)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+async def test_map_zips_several_iterables_to_the_shortest() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        assert await pool.map(tasks.add, [1, 2, 3], [10, 20]) == [11, 22]
+        assert await pool.map(pow, [2, 3, 4], (5, 2, 1), [7, 7, 7]) == [4, 2, 4]
+        assert await pool.map(tasks.add, range(500), range(500), chunksize=7) == list(
+            range(0, 1000, 2)
+        )
+        assert await pool.map(tasks.add, [], [1]) == []
+        # Items are passed as they are: tuples stay single arguments.
+        assert await pool.map(tasks.identity_type, [(1, 2)]) == [("tuple", (1, 2))]
+
+
+async def test_map_zips_async_and_sync_iterables_item_by_item() -> None:
+    async def concat(a: str, b: int) -> str:
+        return f"{a}{b}"
+
+    async with aioproc.ProcessPool(2) as pool:
+        assert await pool.map(concat, _Letters("abc"), itertools.count()) == ["a0", "b1", "c2"]
+        assert await pool.map(concat, "xy", _Letters("abcd")) == ["xa", "yb"]
+        ordered = [y async for y in pool.imap(concat, _Letters("abcd"), range(3))]
+        assert ordered == ["a0", "b1", "c2"]
+
+
+async def test_imap_zips_several_iterables_lazily() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        # An infinite iterable next to a finite one ends with the finite one, as zip does.
+        ordered = [y async for y in pool.imap(tasks.add, itertools.count(), [5, 6, 7])]
+        assert ordered == [5, 7, 9]
+        unordered = pool.imap_unordered(tasks.add, range(100), itertools.count(1000), chunksize=3)
+        assert sorted([y async for y in unordered]) == [1000 + 2 * i for i in range(100)]
+        seen = []
+        async for y in pool.imap(tasks.add, itertools.count(), itertools.count()):
+            seen.append(y)
+            if len(seen) == 4:
+                break
+        assert seen == [0, 2, 4, 6]
+        # With an async input, each call goes out as soon as its items are there.
+        send, receive = anyio.create_memory_object_stream[int](10)
+        async with receive:
+            out = pool.imap(tasks.add, receive, itertools.count(100), chunksize=1)
+            await send.send(1)
+            assert await out.__anext__() == 101  # while the async input is still open
+            await send.send(2)
+            assert await out.__anext__() == 103
+            await send.aclose()
+            assert [y async for y in out] == []
+
+
+async def test_map_needs_iterables() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(TypeError, match=r"map\(\) needs at least one iterable"):
+            await pool.map(tasks.double)  # type: ignore[call-overload]
+        with pytest.raises(TypeError, match=r"imap\(\) needs at least one iterable"):
+            pool.imap(tasks.double)  # type: ignore[call-overload]
+        with pytest.raises(TypeError, match=r"argument 3 of map\(\) must be iterable; got int"):
+            await pool.map(tasks.add, [1], 5)  # type: ignore[call-overload]
+        with pytest.raises(TypeError, match=r"imap_unordered\(\) must be iterable; got int"):
+            pool.imap_unordered(tasks.double, 5)  # type: ignore[call-overload]
+        assert await pool.apply(tasks.double, 2) == 4

@@ -407,9 +407,7 @@ class ProcessPool:
         return d, job
 
     @overload
-    async def apply(
-        self, fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T: ...
+    async def apply(self, fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
     async def apply(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
     async def apply(
@@ -461,33 +459,130 @@ class ProcessPool:
 
     # --- many tasks -------------------------------------------------------------------------
 
+    @overload
+    async def map(
+        self, fn: Callable[[T1], _Co[R]], it1: _Items[T1], /, *, chunksize: int | None = None
+    ) -> list[R]: ...
+    @overload
+    async def map(
+        self, fn: Callable[[T1], R], it1: _Items[T1], /, *, chunksize: int | None = None
+    ) -> list[R]: ...
+    @overload
     async def map(
         self,
-        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
-        iterable: Iterable[Any] | AsyncIterable[Any],
+        fn: Callable[[T1, T2], _Co[R]],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        /,
         *,
         chunksize: int | None = None,
-    ) -> list[T]:
+    ) -> list[R]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[T1, T2], R],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> list[R]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[T1, T2, T3], _Co[R]],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        it3: _Items[T3],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> list[R]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[T1, T2, T3], R],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        it3: _Items[T3],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> list[R]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[..., _Co[R]],
+        it1: _Items[Any],
+        it2: _Items[Any],
+        it3: _Items[Any],
+        it4: _Items[Any],
+        /,
+        *iterables: _Items[Any],
+        chunksize: int | None = None,
+    ) -> list[R]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[..., R],
+        it1: _Items[Any],
+        it2: _Items[Any],
+        it3: _Items[Any],
+        it4: _Items[Any],
+        /,
+        *iterables: _Items[Any],
+        chunksize: int | None = None,
+    ) -> list[R]: ...
+    async def map(
+        self, fn: Callable[..., Any], /, *iterables: _Items[Any], chunksize: int | None = None
+    ) -> list[Any]:
         """Apply ``fn`` to every item; return the results in input order.
 
-        The first task to fail cancels the rest and its exception is raised.
-        """
-        return await self._map(fn, iterable, chunksize, _wire.MODE_MAP)
+        With several iterables, as the built-in ``map``: ``fn`` is called with one item of
+        each, ``fn(a[i], b[i], ...)``, until the shortest ends. Each may be an async
+        iterable; together they are read item by item, as ``zip`` does.
 
+        The first task to fail cancels the rest and its exception is raised.
+
+        Raises:
+            TypeError: no iterable, or an argument that is not iterable (named).
+        """
+        iterable, mode = _zip_inputs("map", iterables)
+        return await self._map(fn, iterable, chunksize, mode)
+
+    @overload
     async def starmap(
         self,
-        fn: Callable[..., Awaitable[T]] | Callable[..., T],
-        iterable: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]],
+        fn: Callable[..., _Co[R]],
+        iterable: _Items[Iterable[Any]],
+        /,
         *,
         chunksize: int | None = None,
-    ) -> list[T]:
+    ) -> list[R]: ...
+    @overload
+    async def starmap(
+        self,
+        fn: Callable[..., R],
+        iterable: _Items[Iterable[Any]],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> list[R]: ...
+    async def starmap(
+        self,
+        fn: Callable[..., Any],
+        iterable: _Items[Iterable[Any]],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> list[Any]:
         """Like :meth:`map`, calling ``fn(*args)`` for each tuple of arguments."""
         return await self._map(fn, iterable, chunksize, _wire.MODE_STARMAP)
 
     async def _map(
         self,
         fn: Callable[..., Any],
-        iterable: Iterable[Any] | AsyncIterable[Any],
+        iterable: _Items[Any],
         chunksize: int | None,
         mode: int,
     ) -> list[Any]:
@@ -515,37 +610,189 @@ class ProcessPool:
             results.extend(job.value)
         return results
 
+    @overload
+    def imap(
+        self, fn: Callable[[T1], _Co[R]], it1: _Items[T1], /, *, chunksize: int | None = None
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap(
+        self, fn: Callable[[T1], R], it1: _Items[T1], /, *, chunksize: int | None = None
+    ) -> MapIterator[R]: ...
+    @overload
     def imap(
         self,
-        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
-        iterable: Iterable[Any] | AsyncIterable[Any],
+        fn: Callable[[T1, T2], _Co[R]],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        /,
         *,
         chunksize: int | None = None,
-    ) -> MapIterator[T]:
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[T1, T2], R],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[T1, T2, T3], _Co[R]],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        it3: _Items[T3],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[T1, T2, T3], R],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        it3: _Items[T3],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[..., _Co[R]],
+        it1: _Items[Any],
+        it2: _Items[Any],
+        it3: _Items[Any],
+        it4: _Items[Any],
+        /,
+        *iterables: _Items[Any],
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[..., R],
+        it1: _Items[Any],
+        it2: _Items[Any],
+        it3: _Items[Any],
+        it4: _Items[Any],
+        /,
+        *iterables: _Items[Any],
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    def imap(
+        self, fn: Callable[..., Any], /, *iterables: _Items[Any], chunksize: int | None = None
+    ) -> MapIterator[Any]:
         """Iterate over ``fn(item)`` for each item, in input order, as results arrive.
 
         The input is consumed lazily with a bounded window of work in flight, so an
         infinite or async input works. Leaving the loop early cancels what is left.
+        Several iterables are zipped as in :meth:`map`, lazily too.
         """
-        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=True)
+        iterable, mode = _zip_inputs("imap", iterables)
+        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=True, mode=mode)
 
+    @overload
+    def imap_unordered(
+        self, fn: Callable[[T1], _Co[R]], it1: _Items[T1], /, *, chunksize: int | None = None
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap_unordered(
+        self, fn: Callable[[T1], R], it1: _Items[T1], /, *, chunksize: int | None = None
+    ) -> MapIterator[R]: ...
+    @overload
     def imap_unordered(
         self,
-        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
-        iterable: Iterable[Any] | AsyncIterable[Any],
+        fn: Callable[[T1, T2], _Co[R]],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        /,
         *,
         chunksize: int | None = None,
-    ) -> MapIterator[T]:
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[T1, T2], R],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[T1, T2, T3], _Co[R]],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        it3: _Items[T3],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[T1, T2, T3], R],
+        it1: _Items[T1],
+        it2: _Items[T2],
+        it3: _Items[T3],
+        /,
+        *,
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[..., _Co[R]],
+        it1: _Items[Any],
+        it2: _Items[Any],
+        it3: _Items[Any],
+        it4: _Items[Any],
+        /,
+        *iterables: _Items[Any],
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[..., R],
+        it1: _Items[Any],
+        it2: _Items[Any],
+        it3: _Items[Any],
+        it4: _Items[Any],
+        /,
+        *iterables: _Items[Any],
+        chunksize: int | None = None,
+    ) -> MapIterator[R]: ...
+    def imap_unordered(
+        self, fn: Callable[..., Any], /, *iterables: _Items[Any], chunksize: int | None = None
+    ) -> MapIterator[Any]:
         """Like :meth:`imap`, yielding results in completion order."""
-        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=False)
+        iterable, mode = _zip_inputs("imap_unordered", iterables)
+        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=False, mode=mode)
 
+    @overload
+    def stream(
+        self, gen_fn: Callable[P, AsyncIterator[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamIterator[T]: ...
+    @overload
+    def stream(
+        self, gen_fn: Callable[P, Iterator[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamIterator[T]: ...
     def stream(
         self, gen_fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
     ) -> StreamIterator[Any]:
         """Run a generator (or async generator) function in a worker; iterate its items.
 
         Items arrive as the worker yields them; the worker runs at most a window of items
-        ahead of the consumer. Leaving the loop early stops the generator's worker.
+        ahead of the consumer. Leaving the loop early stops the generator's worker. The
+        items' type is what the generator yields.
         """
         d, job = self._job(gen_fn, args, kwargs)
         job.mode = _wire.MODE_STREAM
@@ -574,6 +821,65 @@ async def _end_with_the_loop(dispatcher: Dispatcher) -> None:
     finally:
         if not dispatcher.closed:
             dispatcher.terminate_sync()
+
+
+def _zip_inputs(method: str, iterables: tuple[Any, ...]) -> tuple[_Items[Any], int]:
+    """The one input of ``map``/``imap`` over ``iterables``, and how its items are passed.
+
+    One iterable: each item is the argument (``MODE_MAP``). Several: as the built-in
+    ``map``, one item of each per call, zipped lazily into tuples of arguments
+    (``MODE_STARMAP``), asynchronously when any of them is async.
+    """
+    if not iterables:
+        raise TypeError(f"{method}() needs at least one iterable after the function")
+    for position, iterable in enumerate(iterables, start=2):
+        if isinstance(iterable, AsyncIterable):
+            continue
+        try:
+            iter(iterable)
+        except TypeError:
+            raise TypeError(
+                f"argument {position} of {method}() must be iterable; got {type(iterable).__name__}"
+            ) from None
+    if len(iterables) == 1:
+        return iterables[0], _wire.MODE_MAP
+    if any(isinstance(iterable, AsyncIterable) for iterable in iterables):
+        return _AsyncZip(iterables), _wire.MODE_STARMAP
+    return zip(*iterables, strict=False), _wire.MODE_STARMAP
+
+
+class _AsyncZip:
+    """``zip`` over iterables of which some are async: one item of each per step, lazily.
+
+    Like ``zip``, it stops at the first iterable that ends, and stays ended.
+    """
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, iterables: tuple[_Items[Any], ...]) -> None:
+        # (next-item function, whether it returns an awaitable), one per iterable.
+        self._steps: list[tuple[Callable[[], Any], bool]] | None = [
+            (it.__aiter__().__anext__, True)
+            if isinstance(it, AsyncIterable)
+            else (iter(it).__next__, False)
+            for it in iterables
+        ]
+
+    def __aiter__(self) -> _AsyncZip:
+        return self
+
+    async def __anext__(self) -> tuple[Any, ...]:
+        steps = self._steps
+        if steps is None:
+            raise StopAsyncIteration
+        items = []
+        try:
+            for step, is_async in steps:
+                items.append(await step() if is_async else step())
+        except (StopIteration, StopAsyncIteration):
+            self._steps = None
+            raise StopAsyncIteration from None
+        return tuple(items)
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
@@ -671,12 +977,14 @@ class MapIterator(Generic[T]):
         chunksize: int | None,
         *,
         ordered: bool,
+        mode: int = _wire.MODE_MAP,
     ) -> None:
         if chunksize is not None:
             _check_int("chunksize", chunksize, minimum=1)
         self._d = d
         self._fn_id = d.function_id(fn)
         self._ordered = ordered
+        self._mode = mode  # MODE_STARMAP: each item is a tuple of arguments (zipped inputs)
         self._sync: Iterable[Any] | None = None
         self._async: AsyncIterator[Any] | None = None
         if isinstance(iterable, AsyncIterable):
@@ -728,8 +1036,7 @@ class MapIterator(Generic[T]):
         self._wake()
 
     def _submit(self, chunk: list[Any]) -> None:
-        mode = _wire.MODE_MAP
-        job = _chunk_job(self._d, self._fn_id, chunk, self._start, mode)
+        job = _chunk_job(self._d, self._fn_id, chunk, self._start, self._mode)
         self._start += len(chunk)
         job.notify = _weak(self._on_done)
         self._d.submit(job)
@@ -1010,9 +1317,11 @@ def _default_pool() -> ProcessPool:
     return pool_
 
 
-async def run(
-    fn: Callable[P, Awaitable[T]] | Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-) -> T:
+@overload
+async def run(fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+@overload
+async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+async def run(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` on the default pool of the running event loop.
 
     The default pool is created on first use, with one worker per CPU, and shut down with

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import signal
 import weakref
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
@@ -13,7 +13,7 @@ from ._core import _codec, _loop, _spawn
 from ._core._dispatch import Dispatcher, Job, PoolConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Coroutine, Iterable, Mapping
     from types import TracebackType
 
     from ._core._loop import Future
@@ -35,6 +35,9 @@ class Process(Generic[T]):
     does), ``n`` for ``sys.exit(n)``, minus the signal number when a signal killed it.
     Its ``print()``, stderr and logging reach the parent as a pool worker's do.
 
+    The type parameter is the target's return type (for an ``async def`` target, what its
+    coroutine returns), inferred from ``target``: ``await p.result()`` has that type.
+
     Args:
         target: the function to run.
         args: its positional arguments.
@@ -43,6 +46,26 @@ class Process(Generic[T]):
         start_method: ``"forkserver"`` (default on Linux), ``"spawn"`` or ``"fork"``.
     """
 
+    @overload
+    def __init__(
+        self: Process[T],
+        target: Callable[..., Coroutine[Any, Any, T]],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        start_method: str | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Process[T],
+        target: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        start_method: str | None = None,
+    ) -> None: ...
     def __init__(
         self,
         target: Callable[..., Any],

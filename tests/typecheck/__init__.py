@@ -1,0 +1,1 @@
+"""Static type checks of user-facing code; run them with ``python -m tests.typecheck``."""
