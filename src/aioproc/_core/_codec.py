@@ -17,7 +17,6 @@ import collections
 import functools
 import io
 import linecache
-import marshal
 import os
 import pickle
 import sys
@@ -80,12 +79,13 @@ def _pickler() -> Any:
     override = base.reducer_override
     table = base.dispatch_table
     tables = table.maps if isinstance(table, collections.ChainMap) else [table]
+    reduce_code = functools.partial(_reduce_code, table[types.CodeType])
 
     class Pickler(base):  # type: ignore[misc,valid-type]
         # Looked up for every object: as flat as cloudpickle's own (a nested ChainMap costs
         # a quarter more time on a list of instances). copyreg's table stays a live view.
         dispatch_table: typing.ClassVar[Any] = collections.ChainMap(
-            {**tables[0], types.CodeType: _reduce_code, msgspec.Meta: _reduce_meta}, *tables[1:]
+            {**tables[0], types.CodeType: reduce_code, msgspec.Meta: _reduce_meta}, *tables[1:]
         )
 
         def reducer_override(self, obj: Any) -> Any:
@@ -109,21 +109,38 @@ def _pickler() -> Any:
     return Pickler
 
 
-def _reduce_code(code: types.CodeType) -> Any:
-    # marshal keeps everything (nested code too), the file name included; both ends run the
-    # same interpreter. Source that exists in no file (a notebook cell) travels with it.
-    lines = None
+_DYNAMIC = "<dynamic-code>"  # the file name cloudpickle gives all code
+_filename_at = 0  # where the file name is among the arguments of cloudpickle's reduction
+
+
+def _reduce_code(reduce: Any, code: types.CodeType) -> Any:
+    """cloudpickle's reduction of ``code`` (``reduce``), with the file name put back.
+
+    cloudpickle's is kept for its payloads, which are the same bytes each time a function
+    is pickled (the pool recognises a function it has sent by them; marshal's are not).
+    Source that is in no file (a notebook cell) travels with the code.
+    """
+    global _filename_at
+    rebuild, args = reduce(code)
+    at = _filename_at
+    if not (at < len(args) and type(args[at]) is str and args[at] == _DYNAMIC):
+        found = [n for n, arg in enumerate(args) if type(arg) is str and arg == _DYNAMIC]
+        if not found:
+            return rebuild, args
+        at = _filename_at = found[0]
+    # A copy of the name, as cloudpickle does for its strings: an interned string would be
+    # memoized or not depending on what else the pickle holds.
+    args = (*args[:at], "".join(code.co_filename), *args[at + 1 :])
     entry = linecache.cache.get(code.co_filename)
     if entry is not None and len(entry) == 4 and entry[1] is None:
-        lines = entry[2]
-    return _rebuild_code, (marshal.dumps(code), lines)
+        return _rebuild_code, (rebuild, args, entry[2])
+    return rebuild, args
 
 
-def _rebuild_code(data: bytes, lines: list[str] | None) -> types.CodeType:
-    code: types.CodeType = marshal.loads(data)
-    if lines is not None:
-        size = sum(map(len, lines))
-        linecache.cache.setdefault(code.co_filename, (size, None, lines, code.co_filename))
+def _rebuild_code(rebuild: Any, args: tuple[Any, ...], lines: list[str]) -> types.CodeType:
+    code: types.CodeType = rebuild(*args)
+    size = sum(map(len, lines))
+    linecache.cache.setdefault(code.co_filename, (size, None, lines, code.co_filename))
     return code
 
 
