@@ -257,8 +257,12 @@ async def test_row10_caller_cancelled_while_its_task_runs_1000_times(
 # --- rows 11-13: the parent goes away, or the pool does ----------------------------------------
 
 
-@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
-def test_row11_parent_sigkilled(start_method: str, busy: bool) -> None:
+@pytest.mark.parametrize(
+    ("busy", "signum"),
+    [(False, signal.SIGKILL), (True, signal.SIGKILL), (True, signal.SIGTERM)],
+    ids=["idle", "busy", "busy-sigterm"],  # SIGTERM's default action ends it as abruptly
+)
+def test_row11_parent_sigkilled(start_method: str, busy: bool, signum: int, tmp_path: Path) -> None:
     with procs.child(
         procs.script(
             """
@@ -295,22 +299,25 @@ def test_row11_parent_sigkilled(start_method: str, busy: bool) -> None:
             BUSY=busy,
         ),
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its temporary files, if any, land here
     ) as child:
         assert child.stdout is not None
         pids = [int(p) for p in child.stdout.readline().split()]
         assert len(pids) >= 2
         assert all(procs.alive(pid) for pid in pids)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        child.send_signal(signum)
+        assert child.wait() == -signum
         # Every worker, its process group (the grandchild) and the fork server: gone
         # within 2 s of the parent's death.
         assert procs.wait_gone(pids, 2.0) == []
         # Shared memory is anonymous (memfd): freed with the last process that mapped
         # it, and never a name in /dev/shm that could outlive them.
         assert procs.aioproc_shm() == set()
+        # Nor anything else on the file system: the hub's socket has no path.
+        assert os.listdir(tmp_path) == []
 
 
-def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
+def test_row12_one_ctrl_c_ends_the_program(start_method: str, tmp_path: Path) -> None:
     with procs.child(
         procs.script(
             """
@@ -322,6 +329,7 @@ def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
                 return x
 
             async def main():
+                queue = aioproc.Queue()  # the IPC hub is up as well
                 async with aioproc.ProcessPool(2, start_method=METHOD) as pool:
                     stream = pool.imap(slow, range(8), chunksize=1)
                     started = asyncio.ensure_future(stream.__anext__())
@@ -340,6 +348,7 @@ def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
         ),
         cwd=ROOT,
         start_new_session=True,  # its own process group, as a shell job would be
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its temporary files, if any, land here
     ) as child:
         assert child.stdout is not None
         pids = [int(p) for p in child.stdout.readline().split()]  # workers, fork server
@@ -347,6 +356,7 @@ def test_row12_one_ctrl_c_ends_the_program(start_method: str) -> None:
         os.killpg(child.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         assert child.wait(timeout=2) == 130
         assert procs.wait_gone(pids, 2.0) == []
+        assert os.listdir(tmp_path) == []  # nothing left on the file system
 
 
 async def test_row13_pool_closed_with_a_backlog(start_method: str) -> None:

@@ -2,8 +2,9 @@
 
 - Pickled data travels only over channels aioproc made for its own children: a pool worker
   holds pipes, unix sockets, memfds and the like, never a TCP or UDP socket.
-- The one named socket (the hub) lives in a fresh 0700 directory of ours, is 0600 itself
-  whatever the umask, and answers only a peer that knows its key (HMAC challenge).
+- The hub's socket is abstract (a random name the kernel keeps, no file anywhere, nothing
+  left behind even by a killed process), refuses a peer of another user (SO_PEERCRED), and
+  answers only a peer that knows its key (HMAC challenge).
 - Frames are bounded by ``MAX_FRAME`` when written and when read.
 - Shared memory is anonymous: nothing in ``/dev/shm``, and the memfds that carry it have no
   name anyone could open. (This replaces FAULTS.md's "O_EXCL, 0600, random names": with no
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ class _Snapshot:
 
 def _check_channels(snapshot: _Snapshot, hub_address: str, only: set[int] | None = None) -> None:
     """Every fd is a pipe, a unix socket, a memfd, an anonymous inode or a plain file; no
-    socket speaks IP, and the only socket path involved is the hub's."""
+    socket speaks IP, and the only socket name involved is the hub's (abstract: listed with
+    ``@`` for its leading NUL)."""
     pid, inet, unix = snapshot.pid, snapshot.inet, snapshot.unix
+    hub_name = "@" + hub_address[1:] if hub_address.startswith("\0") else hub_address
     for fd, target in snapshot.fds.items():
         if only is not None and fd not in only:
             continue
@@ -74,7 +77,7 @@ def _check_channels(snapshot: _Snapshot, hub_address: str, only: set[int] | None
             inode = target[len("socket:[") : -1]
             assert inode not in inet, f"fd {fd} of {pid} is an IP socket"
             assert inode in unix, f"fd {fd} of {pid} is not a unix socket: {target}"
-            assert unix[inode] in ("", hub_address), f"fd {fd} bound to {unix[inode]}"
+            assert unix[inode] in ("", hub_name), f"fd {fd} bound to {unix[inode]}"
         elif target.startswith("/memfd:"):
             assert target.endswith(" (deleted)"), target
         else:
@@ -175,48 +178,56 @@ async def test_forked_children_do_not_pin_the_parents_shared_memory() -> None:
 # --- the hub's socket ------------------------------------------------------------------
 
 
-def _new_hub(umask: int) -> _hub.Hub:
+def _bound_unix_names() -> set[str]:
+    """Names of the unix sockets bound in this network namespace, as ``/proc/net/unix``
+    lists them (an abstract name with ``@`` for its leading NUL)."""
+    lines = Path("/proc/self/net/unix").read_text().splitlines()[1:]
+    return {fields[7] for fields in map(str.split, lines) if len(fields) > 7}
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_the_hub_leaves_nothing_on_the_file_system(
+    umask: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what gettempdir() answers
     old = os.umask(umask)
     try:
-        return _hub.Hub()
+        hub = _hub.Hub()
     finally:
         os.umask(old)
-
-
-@pytest.mark.parametrize("umask", [0o000, 0o002, 0o022, 0o077, 0o277])
-def test_hub_directory_and_socket_modes_do_not_depend_on_the_umask(umask: int) -> None:
-    hub = _new_hub(umask)
     try:
-        directory = os.lstat(hub.dir)
-        assert stat.S_ISDIR(directory.st_mode)
-        assert stat.S_IMODE(directory.st_mode) == 0o700
-        assert directory.st_uid == os.getuid()
-        sock = os.lstat(hub.address)
-        assert stat.S_ISSOCK(sock.st_mode)
-        assert stat.S_IMODE(sock.st_mode) == 0o600
-        assert sock.st_uid == os.getuid()
-        assert os.path.dirname(hub.address) == hub.dir
+        # An abstract unix socket: a name the kernel keeps, no file, nothing to clean up,
+        # even if the process is killed.
+        assert hub.address.startswith("\0aioproc-")
+        assert "@" + hub.address[1:] in _bound_unix_names()
+        assert os.listdir(tempfile.gettempdir()) == []
     finally:
         hub.close()
-    assert not os.path.exists(hub.dir)  # removed with the hub
+    # The name went with the socket.
+    assert "@" + hub.address[1:] not in _bound_unix_names()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with pytest.raises(ConnectionRefusedError):
+            sock.connect(hub.address)
+    assert os.listdir(tmp_path) == []
 
 
-def test_hub_directory_names_are_unpredictable() -> None:
+def test_hub_names_are_unpredictable() -> None:
     hubs = [_hub.Hub() for _ in range(3)]
     try:
-        names = [os.path.basename(hub.dir) for hub in hubs]
+        names = [hub.address for hub in hubs]
         assert len(set(names)) == 3
         for name in names:
-            assert str(os.getpid()) not in name
-            assert len(name.removeprefix("aioproc-")) >= 8  # mkdtemp's random part
+            random = name.removeprefix("\0aioproc-")
+            assert len(random) >= 32 and int(random, 16) >= 0  # 128 random bits, in hex
     finally:
         for hub in hubs:
             hub.close()
 
 
-def _try_connect_as_nobody(address: str) -> int:
-    """Fork, become user ``nobody``, connect: 13 if refused by permissions, 0 if it
-    connected. (A fork, not a new interpreter: ``nobody`` may not be able to run ours.)"""
+def _connect_as(uid: int | None, address: str) -> int:
+    """Fork, become ``uid`` (unless None), connect and wait for the hub's first word: 0 if
+    it sent its challenge, 13 if it closed the connection without one, 2 on anything
+    else. (A fork, not a new interpreter: ``nobody`` may not be able to run ours.)"""
     with warnings.catch_warnings():
         # Python 3.12 warns about forking with threads alive (idle ones of the event loop
         # libraries may be); the child below takes no lock and only makes system calls.
@@ -225,13 +236,15 @@ def _try_connect_as_nobody(address: str) -> int:
     if pid == 0:  # pragma: no cover - the child
         code = 2
         try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(TIMEOUT)
                 sock.connect(address)
-            code = 0
-        except PermissionError:
+                code = 0 if sock.recv(_hub._CHALLENGE) else 13
+        except ConnectionResetError:
             code = 13
         finally:
             os._exit(code)
@@ -240,18 +253,18 @@ def _try_connect_as_nobody(address: str) -> int:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
-def test_other_users_cannot_reach_the_socket() -> None:
-    hub = _new_hub(0o000)
-    try:
-        assert _try_connect_as_nobody(hub.address) == 13
-        # The socket's own mode holds even if its directory were opened up.
-        os.chmod(hub.dir, 0o711)
-        assert _try_connect_as_nobody(hub.address) == 13
-        # And the check is real: a socket open to all accepts the same user.
-        os.chmod(hub.address, 0o777)
-        assert _try_connect_as_nobody(hub.address) == 0
-    finally:
-        hub.close()
+async def test_other_users_are_refused() -> None:
+    # An abstract socket has no file mode: anyone in the network namespace can connect.
+    # The hub asks the kernel who connected (SO_PEERCRED) and drops another user at once,
+    # before any challenge; the key (HMAC challenge, below) then guards even a peer of
+    # the same user.
+    queue: aioproc.Queue[int] = aioproc.Queue()  # serves the hub from this event loop
+    hub = queue._endpoint.hub
+    assert hub is not None
+    with anyio.fail_after(TIMEOUT):
+        assert await anyio.to_thread.run_sync(_connect_as, 65534, hub.address) == 13
+        # The same user is challenged: so the refusal above was the user's.
+        assert await anyio.to_thread.run_sync(_connect_as, None, hub.address) == 0
 
 
 async def test_connecting_without_the_key_is_refused() -> None:

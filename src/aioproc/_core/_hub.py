@@ -28,11 +28,13 @@ process serves other processes from its own event loop::
   hub logs why on the ``aioproc`` logger and tells the process, whose calls then raise
   ``ClosedResourceError`` with the reason. Every other connection is served on.
 
-Security: the socket lives in a fresh 0700 directory (random name, modes set explicitly so
-the umask does not matter; the socket itself is 0600), and a client proves it knows the
-hub's 32-byte key (HMAC-SHA256 of a random challenge) before any pickle is exchanged. The
-handshake is read without blocking like any other traffic: a peer that connects and says
-nothing delays no one.
+Security: the socket is bound in Linux's abstract namespace under a random name: there is
+no file, so nothing is left behind however the process ends (the kernel drops the name
+with the last descriptor of the socket). An abstract socket has no file mode, so the hub
+asks the kernel who connected (``SO_PEERCRED``) and drops a peer of another user before
+saying anything; then a client proves it knows the hub's 32-byte key (HMAC-SHA256 of a
+random challenge) before any pickle is exchanged. The handshake is read without blocking
+like any other traffic: a peer that connects and says nothing delays no one.
 """
 
 from __future__ import annotations
@@ -222,20 +224,14 @@ class Hub:
     """The objects of this process, served to every process that connects."""
 
     def __init__(self) -> None:
-        # A fresh directory with a random name, created exclusively (mkdtemp): nobody can
-        # have planted a socket or a symlink there. Its mode and the socket's are set after
-        # creation, since both were cut by the umask: 0700 keeps other users from reaching
-        # the socket at all, and the socket's own 0600 still holds if the directory were
-        # ever opened up.
-        import tempfile
-
-        self.dir = tempfile.mkdtemp(prefix="aioproc-")
-        os.chmod(self.dir, 0o700)
-        self.address = os.path.join(self.dir, "hub")
+        # An abstract socket (the leading NUL): a name in the kernel, not a file, so a
+        # process killed by a signal leaves nothing on disk. 128 random bits: no one can
+        # guess it or take it first (bind fails rather than share a name). Who may talk
+        # to it is checked at accept (same user) and by the key.
+        self.address = "\0aioproc-" + os.urandom(16).hex()
         self.key = os.urandom(32)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.address)
-        os.chmod(self.address, 0o600)
         self.listener.listen(128)
         self.listener.setblocking(False)
         _spawn.register_fds(self.listener.fileno())
@@ -250,7 +246,7 @@ class Hub:
         self.backend: Backend | None = None
         self.loop_thread: int | None = None
         self.pid = os.getpid()
-        self._finalizer = weakref.finalize(self, _remove_dir, self.dir, self.listener, self.pid)
+        self._finalizer = weakref.finalize(self, _close_listener, self.listener)
 
     # --- objects --------------------------------------------------------------------------
 
@@ -340,6 +336,13 @@ class Hub:
                 return
             except OSError:
                 return
+            uid = _peer_uid(sock)
+            if uid != os.geteuid():
+                # Anyone on this machine (in this network namespace) can reach an abstract
+                # socket: another user is dropped before being told anything.
+                _log.warning("aioproc hub: refused a connection from another user (%s)", uid)
+                sock.close()
+                continue
             # The challenge goes out now; the answer is read by _on_readable when it comes,
             # so a silent or slow peer blocks neither this loop nor other connections.
             sock.setblocking(False)
@@ -642,25 +645,36 @@ def functools_partial(fn: Any, *args: Any) -> Any:
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-def _peer_pid(sock: socket.socket) -> int:
-    """The pid of the process at the other end, as the kernel tells it (0 if it cannot):
-    what lock owners and log lines name, rather than what the peer says of itself."""
+def _peer_cred(sock: socket.socket) -> tuple[int, int] | None:
+    """The pid and (effective) uid of the process at the other end when it connected, as
+    the kernel tells it, or None if it cannot."""
     try:
-        pid, _, _ = _UCRED.unpack(
+        pid, uid, _ = _UCRED.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
     except (OSError, AttributeError, struct.error):
-        return 0
-    return int(pid)
+        return None
+    return int(pid), int(uid)
 
 
-def _remove_dir(path: str, listener: socket.socket, pid: int) -> None:
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end (0 if unknown): what lock owners and log
+    lines name, rather than what the peer says of itself."""
+    cred = _peer_cred(sock)
+    return 0 if cred is None else cred[0]
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The user of the process at the other end (None if unknown: refused as a stranger)."""
+    cred = _peer_cred(sock)
+    return None if cred is None else cred[1]
+
+
+def _close_listener(listener: socket.socket) -> None:
+    # The kernel drops the abstract name with the last descriptor of the socket: a forked
+    # child closing its copy leaves the parent's hub alone.
     with contextlib.suppress(OSError):
         listener.close()
-    if os.getpid() == pid:  # a forked child drops its copy; the socket is the parent's
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_states(kind: str, params: dict[str, Any], hub: Hub) -> list[_objects.State]:
