@@ -21,7 +21,7 @@ async def main() -> None:
     tasks = [1, 2, 0, 4, 5]
     async with aioproc.ProcessPool() as pool:
         submitted = [pool.submit(worker, task) for task in tasks]
-        output = []
+        output: list[int] = []
         for task, handle in zip(tasks, submitted, strict=True):
             try:
                 output.append(await handle)

@@ -31,7 +31,7 @@ async def main() -> None:
     p2.start()
     await p1.join()
     await p2.join()
-    results = []
+    results: list[int] = []
     while not queue.empty():
         results.append(await queue.get())
     print("Results:", results)

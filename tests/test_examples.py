@@ -42,6 +42,12 @@ def test_quickstart() -> None:
     out = run_example("pool_quickstart.py", "--limit", "20000")
     assert "primes below 20000: 2262" in out
     assert "workers:" in out and "speed-up" in out
+    # The heartbeat lines give their reference: how many were due in that time.
+    blocked = next(line for line in out.splitlines() if "while this process computed" in line)
+    assert "due (the loop was blocked)" in blocked
+    pooled = next(line for line in out.splitlines() if "while the pool computed" in line)
+    ticks, due = (int(word) for word in pooled.split(":")[1].split() if word.isdigit())
+    assert 1 <= ticks <= due
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))

@@ -7,8 +7,9 @@
 - every script in ``examples/``;
 - every complete program among the fenced ``python`` blocks of README.md and docs/*.md:
   a block that imports aioproc (the other blocks are signature summaries and fragments),
-  written to a temporary directory as ``<page>_line<N>.py``, N being the line of its
-  opening fence, so that an error at line L of that file is at line N + L of the page;
+  written to ``build/doc-programs/<page>_line<N>.py``, N being the line of its opening
+  fence, so that an error at line L of that file is at line N + L of the page (a fixed
+  place, not a new temporary directory per run: mypy's cache names files by path);
 - ``tests/typecheck/check_types.py``, which pins the types inferred for the public API.
 
 Exits with status 1 when either checker reports an error.
@@ -16,9 +17,9 @@ Exits with status 1 when either checker reports an error.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from tests.test_docs import DOCUMENTS, ROOT, complete_program, python_blocks
@@ -38,24 +39,29 @@ def write_doc_programs(directory: Path) -> list[Path]:
     return paths
 
 
+PROGRAMS = ROOT / "build" / "doc-programs"
+
+
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="aioproc-doc-programs-") as tmp:
-        programs = write_doc_programs(Path(tmp))
-        targets = [
-            str(ROOT / "examples"),
-            str(ROOT / "tests" / "typecheck" / "check_types.py"),
-            *map(str, programs),
-        ]
-        print(f"type-checking examples/, check_types.py and {len(programs)} doc programs")
-        commands = [
-            [sys.executable, "-m", "mypy", "--strict", *targets],
-            [sys.executable, "-m", "pyright", "--pythonpath", sys.executable, *targets],
-        ]
-        failed = False
-        for command in commands:
-            print(f"== {command[2]}", flush=True)
-            done = subprocess.run(command, cwd=ROOT, check=False)
-            failed |= done.returncode != 0
+    shutil.rmtree(PROGRAMS, ignore_errors=True)
+    PROGRAMS.mkdir(parents=True)
+    programs = write_doc_programs(PROGRAMS)
+    targets = [
+        "examples",
+        "tests/typecheck/check_types.py",
+        *(str(path.relative_to(ROOT)) for path in programs),
+    ]
+    print(f"type-checking examples/, check_types.py and {len(programs)} doc programs")
+    commands = [
+        # A cache of its own: these module names are not the project's.
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", "build/mypy-typecheck", *targets],
+        [sys.executable, "-m", "pyright", "--pythonpath", sys.executable, *targets],
+    ]
+    failed = False
+    for command in commands:
+        print(f"== {command[2]}", flush=True)
+        done = subprocess.run(command, cwd=ROOT, check=False)
+        failed |= done.returncode != 0
     return 1 if failed else 0
 
 
