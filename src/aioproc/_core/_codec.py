@@ -157,16 +157,19 @@ def _rebuild_meta(given: dict[str, Any]) -> Any:
     return msgspec.Meta(**given)
 
 
-def _annotations(cls: type) -> dict[str, Any]:
+def _annotations(cls: type) -> Any:
     """``cls``'s own annotations, with forward references (``"Node"``, ``list["Node"]``,
     all of them under ``from __future__ import annotations``) evaluated where possible."""
     import inspect
 
-    own = inspect.get_annotations(cls)  # a new dict
+    try:
+        own = inspect.get_annotations(cls)  # a new dict
+    except Exception:  # not a dict: sent as it is
+        return vars(cls).get("__annotations__")
     if not own:
         return own
     module = sys.modules.get(cls.__module__)
-    globalns = dict(vars(module)) if module is not None else {}
+    globalns = vars(module) if module is not None else {}
     localns = dict(vars(cls))
 
     def evaluate(annotations: dict[str, Any]) -> dict[str, Any]:
