@@ -107,6 +107,11 @@ def memfds() -> int:
     return sum("memfd:aioproc" in target for target in fds().values())
 
 
+def mapped_blocks(pid: int | str = "self") -> int:
+    """How many blocks of aioproc's shared memory a process has mapped."""
+    return Path(f"/proc/{pid}/maps").read_text().count("/memfd:aioproc")
+
+
 def aioproc_shm() -> set[str]:
     """Entries of /dev/shm that carry aioproc's name (there should never be any)."""
     try:

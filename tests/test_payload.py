@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -52,28 +51,23 @@ async def test_numpy_arrays_arrive_writable() -> None:
         assert doubled.flags.writeable
 
 
-def _mapped_blocks(pid: int | str = "self") -> int:
-    """How many blocks of aioproc's shared memory a process has mapped."""
-    return Path(f"/proc/{pid}/maps").read_text().count("/memfd:aioproc")
-
-
 async def test_large_results_hold_no_fd_and_are_freed_when_dropped() -> None:
     np = pytest.importorskip("numpy")
     arr = np.arange(BIG // 8, dtype=np.float64)
-    mapped_before = _mapped_blocks()
+    mapped_before = procs.mapped_blocks()
     async with aioproc.ProcessPool(1) as pool:
         results = await pool.map(tasks.double_array, [arr + i for i in range(5)])
     # Each result is writable and shares its block (mapped, not copied), yet none keeps a
     # file descriptor open: a program can hold many more of them than its fd limit.
     assert all(np.array_equal(r, (arr + i) * 2) for i, r in enumerate(results))
     assert all(r.flags.writeable for r in results)
-    assert _mapped_blocks() - mapped_before == 5
+    assert procs.mapped_blocks() - mapped_before == 5
     assert procs.memfds() == 0
     results[0][:] = 7  # writable indeed, and the others are separate blocks
     assert np.array_equal(results[1], (arr + 1) * 2)
     del results
     gc.collect()  # the pool may keep its last batch of results in a cycle a little longer
-    assert _mapped_blocks() == mapped_before  # the memory goes with the arrays
+    assert procs.mapped_blocks() == mapped_before  # the memory goes with the arrays
 
 
 async def test_large_arguments_kept_by_a_worker_hold_no_fd() -> None:
@@ -81,15 +75,15 @@ async def test_large_arguments_kept_by_a_worker_hold_no_fd() -> None:
     arr = np.arange(BIG // 8, dtype=np.float64)
     async with aioproc.ProcessPool(1) as pool:
         pid = await pool.apply(tasks.pid)
-        mapped_before = _mapped_blocks(pid)
+        mapped_before = procs.mapped_blocks(pid)
         for i in range(5):
             await pool.apply(tasks.set_state, f"big{i}", arr)
         held = [target for target in procs.fds(pid).values() if "memfd:aioproc" in target]
-        mapped = _mapped_blocks(pid) - mapped_before
+        mapped = procs.mapped_blocks(pid) - mapped_before
         assert np.array_equal(await pool.apply(tasks.get_state, "big4"), arr)
         for i in range(5):
             await pool.apply(tasks.set_state, f"big{i}", None)
-        mapped_after = _mapped_blocks(pid) - mapped_before
+        mapped_after = procs.mapped_blocks(pid) - mapped_before
     assert held == []
     assert mapped == 5
     assert mapped_after == 0

@@ -99,7 +99,25 @@ async def test_no_named_segment_and_memory_freed() -> None:
     local = aioproc.Value("i", 1, lock=False)
     assert procs.memfds() > before
     with_local = procs.memfds()
+    mapped = procs.mapped_blocks()
     del local
     gc.collect()
     # The last handle of `local` is gone: the hub's descriptor and the mapping are closed.
-    assert procs.memfds() <= with_local - 2
+    assert procs.memfds() <= with_local - 1
+    assert procs.mapped_blocks() <= mapped - 1
+
+
+async def test_values_and_arrays_hold_no_descriptor_of_their_own() -> None:
+    gc.collect()
+    before = procs.memfds()
+    mapped = procs.mapped_blocks()
+    kept = [aioproc.Value("i", i, lock=False) for i in range(20)]
+    kept += [aioproc.Array("d", [float(i)] * 3, lock=False) for i in range(20)]
+    # One descriptor per block, the hub's: mapping a block keeps none in this process.
+    assert procs.memfds() - before == 40
+    assert procs.mapped_blocks() - mapped == 40
+    assert [v.value for v in kept[:20]] == list(range(20))
+    del kept
+    gc.collect()
+    assert procs.memfds() == before
+    assert procs.mapped_blocks() == mapped

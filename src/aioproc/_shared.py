@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
+from ._core import _codec
 from ._proxy import Proxy
 from ._sync import Lock
 
@@ -62,7 +62,9 @@ class _Shared(Proxy):
         self._ctype = _ctype(extra["type"])
         fd = self._endpoint.get_fd(self._oid)
         try:
-            self._mmap = mmap.mmap(fd, max(extra["size"], 1))
+            # Mapped without keeping a descriptor (mmap.mmap would keep a dup of it): a
+            # program may hold thousands of Values and Arrays.
+            self._mmap = _codec.map_shared(fd, max(extra["size"], 1), 0)
         finally:
             os.close(fd)
         self._lock: Lock | None = extra["lock"]

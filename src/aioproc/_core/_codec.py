@@ -415,8 +415,10 @@ def loads_error(data: bytes) -> BaseException:
     """Rebuild an exception sent by :func:`dumps_error`, the remote traceback as its cause."""
     try:
         exc, tb = loads(data)
-    except Exception as err:
-        return SerializationError(f"cannot rebuild the remote exception: {err}")
+    except BaseException as err:  # even SystemExit from a __reduce__: only this task fails
+        error = SerializationError(f"cannot rebuild the remote exception: {err!r}")
+        error.__cause__ = err
+        return error
     if not isinstance(exc, BaseException):
         return SerializationError(f"expected an exception, got {type_name(exc)!r}")
     exc.__cause__ = RemoteTraceback(tb)
@@ -663,7 +665,7 @@ def load_large(oob: OutOfBand) -> Any:
         buffers: list[Any] = []
         for start, size, how in oob.layout:
             if how == _MAP:
-                buffers.append(_map_shared(fd, size, start))
+                buffers.append(map_shared(fd, size, start))
             elif how == _READ_BYTEARRAY:
                 target = bytearray(size)
                 _read_into(fd, memoryview(target), start)
@@ -687,7 +689,7 @@ _MAP_FIXED = 0x10  # <sys/mman.h>: the same on every Linux architecture but alph
 _libc_mmap: Any = None
 
 
-def _map_shared(fd: int, size: int, offset: int) -> memoryview:
+def map_shared(fd: int, size: int, offset: int) -> memoryview:
     """A writable view of ``size`` bytes of ``fd`` from ``offset``, mapped shared, that
     keeps no file descriptor open.
 
