@@ -7,6 +7,7 @@ import asyncio
 import functools
 import gc
 import math
+import os
 import sys
 import traceback
 import weakref
@@ -267,6 +268,35 @@ async def test_systemexit_while_rebuilding_a_result_fails_only_that_task(kind: s
         assert isinstance(info.value.__cause__, SystemExit | KeyboardInterrupt)
         assert await pool.map(tasks.double, range(3)) == [0, 2, 4]
         assert pool.statistics().restarts == 0
+
+
+def _exit_in(pid: int) -> Exception:
+    if os.getpid() == pid:
+        sys.exit(3)
+    return ValueError("rebuilt in the worker")
+
+
+class ErrorThatExitsInTheParent(Exception):
+    """Rebuilds fine in the worker (which checks that it does), exits in the parent."""
+
+    def __init__(self, parent: int) -> None:
+        super().__init__(parent)
+        self.parent = parent
+
+    def __reduce__(self) -> Any:
+        return _exit_in, (self.parent,)
+
+
+def raise_exiting_error(parent: int) -> None:
+    raise ErrorThatExitsInTheParent(parent)
+
+
+async def test_systemexit_while_rebuilding_an_exception_fails_only_that_task() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(aioproc.SerializationError, match="remote exception") as info:
+            await pool.apply(raise_exiting_error, os.getpid())
+        assert isinstance(info.value.__cause__, SystemExit)
+        assert await pool.apply(tasks.double, 4) == 8
 
 
 # --- 8. each task of a broken pool gets its own exception ---------------------------------
