@@ -187,17 +187,6 @@ class Plan:
             counts[EXPECTED[kind]] += self.count(kind)
         return counts
 
-    def expected_chunks(self) -> int:
-        """Map and imap chunks: the pool counts each as one completed task."""
-        chunks = 0
-        for number in range(self.slices):
-            bounds = self.bounds(number)
-            kinds = self.kinds[bounds.start : bounds.stop]
-            map_size, imap_size = self.chunksizes[number]
-            chunks += math.ceil(kinds.count(OK_MAP) / map_size)
-            chunks += math.ceil(kinds.count(OK_IMAP) / imap_size)
-        return chunks
-
 
 # --- the ledger ---------------------------------------------------------------------------
 
@@ -560,7 +549,7 @@ class Report:
         lines += [
             f"  missing {self.missing}, duplicate {self.duplicates}, wrong {self.wrong}",
             f"pool statistics: completed {self.completed:,} (expected"
-            f" {self.expected_completed:,}: calls + map/imap chunks), failed {self.failed:,}"
+            f" {self.expected_completed:,}: calls + map/imap items), failed {self.failed:,}"
             f" (expected {self.expected_failed:,}), restarts {self.restarts:,} (expected"
             f" {restarts}), busy {self.busy}, queued {self.queued}",
             f"processes: {self.workers_before_close} workers alive before close"
@@ -656,7 +645,8 @@ async def run_soak(
         completed=stats.completed,
         failed=stats.failed,
         restarts=stats.restarts,
-        expected_completed=plan.count(OK_SUBMIT) + plan.count(OK_APPLY) + plan.expected_chunks(),
+        # Every successful task counts once, each map and imap item included.
+        expected_completed=sum(plan.count(k) for k in (OK_MAP, OK_IMAP, OK_SUBMIT, OK_APPLY)),
         expected_failed=sum(plan.count(k) for k in failing),
         expected_restarts=sum(plan.count(k) for k in killing),
         unsure_restarts=soak.unsure,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -14,7 +15,7 @@ import anyio
 import pytest
 
 import aioproc
-from tests import tasks
+from tests import map_tasks, tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -572,6 +573,134 @@ async def test_an_environment_that_is_not_utf8(
     monkeypatch.setenv("AIOPROC_TEST_BYTES", os.fsdecode(b"caf\xe9"))
     async with aioproc.ProcessPool(1, start_method=start_method) as pool:
         assert await pool.apply(tasks.getenvb, "AIOPROC_TEST_BYTES") == b"caf\xe9"
+
+
+# --- map and imap results arrive as they complete (issue 9, item 12) ------------------------
+#
+# The tests below hold each item until the parent has received as many results as the
+# item's number (see tests/map_tasks.py): they finish only if a worker hands back each
+# finished result while the rest of its chunk is still running.
+
+
+class _Gates:
+    """The parent's side of tests/map_tasks.py's gates: gate k opens at k results."""
+
+    def __init__(self, where: Path) -> None:
+        self.dir = where
+        self.opened = 0
+        (where / "0").touch()
+
+    def received(self, total: int) -> None:
+        while self.opened < total:
+            self.opened += 1
+            (self.dir / str(self.opened)).touch()
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["imap_unordered", "imap"])
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_imap_yields_results_before_their_chunk_ends(
+    tmp_path: Path, ordered: bool, concurrency: int
+) -> None:
+    gates = _Gates(tmp_path)
+    fn: Any = map_tasks.gated if concurrency == 1 else map_tasks.async_gated
+    async with aioproc.ProcessPool(1, concurrency=concurrency) as pool:
+        # The default chunk size puts 5 to 10 items in each chunk.
+        source = range(40)
+        it = (pool.imap if ordered else pool.imap_unordered)(
+            functools.partial(fn, gates=str(tmp_path)), source
+        )
+        seen: list[int] = []
+        with anyio.fail_after(30):
+            async with it:
+                async for y in it:
+                    seen.append(y)
+                    gates.received(len(seen))
+        assert (seen if ordered else sorted(seen)) == list(source)
+        assert pool.statistics().completed == len(source)
+
+
+async def test_map_progress_shows_in_statistics(tmp_path: Path) -> None:
+    gates = _Gates(tmp_path)
+    n = 30
+    async with aioproc.ProcessPool(2) as pool:
+
+        async def watch() -> None:
+            # What a progress bar would do: read the count of finished items now and then.
+            while gates.opened < n:
+                gates.received(pool.statistics().completed)
+                await anyio.sleep(0.001)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                fn = functools.partial(map_tasks.gated, gates=str(tmp_path))
+                results = await pool.map(fn, range(n))
+        assert results == list(range(n))
+        assert pool.statistics().completed == n
+
+
+async def test_statistics_count_map_items_not_chunks() -> None:
+    async with aioproc.ProcessPool(2) as pool:
+        await pool.map(tasks.double, range(100))
+        assert pool.statistics().completed == 100
+        assert len([y async for y in pool.imap_unordered(tasks.double, range(50))]) == 50
+        assert pool.statistics().completed == 150
+        await pool.starmap(tasks.add, [(1, 2)] * 10, chunksize=3)
+        stats = pool.statistics()
+        assert (stats.completed, stats.failed) == (160, 0)
+
+
+async def test_a_failing_item_still_delivers_the_items_before_it() -> None:
+    async with aioproc.ProcessPool(1) as pool:
+        seen = []
+        with pytest.raises(ValueError, match="Invalid task value"):
+            async for y in pool.imap_unordered(tasks.worker_task, [1, 2, 0, 4], chunksize=4):
+                seen.append(y)
+        assert seen == [2, 4]  # the same chunk as the failing item
+        stats = pool.statistics()
+        assert (stats.completed, stats.failed) == (2, 1)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_a_dead_worker_fails_only_the_undelivered_items(tmp_path: Path, retries: int) -> None:
+    """Items 0-2 are delivered, then item 3 kills the worker, in the same chunk of 8.
+
+    Without retries, items 3-7 fail with WorkerDiedError and nothing delivered is lost;
+    with one retry, only items 3-7 run again, and every result arrives once.
+    """
+    gates_dir = tmp_path / "gates"
+    gates_dir.mkdir()
+    gates = _Gates(gates_dir)
+    log = tmp_path / "log"
+    fn = functools.partial(
+        map_tasks.gated,
+        gates=str(gates_dir),
+        log=str(log),
+        die_at=3,
+        marker=str(tmp_path / "died"),
+    )
+    async with aioproc.ProcessPool(1, retries=retries) as pool:
+        seen: list[int] = []
+        with anyio.fail_after(30):
+            if retries:
+                async for y in pool.imap_unordered(fn, range(8), chunksize=8):
+                    seen.append(y)
+                    gates.received(len(seen))
+            else:
+                with pytest.raises(aioproc.WorkerDiedError, match="exited with code 7"):
+                    async for y in pool.imap_unordered(fn, range(8), chunksize=8):
+                        seen.append(y)
+                        gates.received(len(seen))
+        stats = pool.statistics()
+    runs = [int(line) for line in log.read_text().split()]
+    if retries:
+        assert seen == list(range(8))
+        assert runs == [0, 1, 2, 3, 3, 4, 5, 6, 7]  # the retry starts at item 3
+        assert (stats.completed, stats.failed, stats.restarts) == (8, 0, 1)
+    else:
+        assert seen == [0, 1, 2]
+        assert runs == [0, 1, 2, 3]
+        assert (stats.completed, stats.failed, stats.restarts) == (3, 1, 1)
 
 
 # --- several iterables, as builtin map ----------------------------------------------------

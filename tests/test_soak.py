@@ -43,8 +43,8 @@ async def test_soak_100k_tasks_with_faults(
     # Every task has exactly one outcome, and the one its plan says.
     assert (report.missing, report.duplicates, report.wrong) == (0, 0, 0), report.examples
     assert report.got == report.expected
-    # The pool's own counters agree with the plan: map and imap chunks count as one task
-    # each; every death, timeout or cancellation of a running task costs one worker.
+    # The pool's own counters agree with the plan: each map and imap item counts as one
+    # task; every death, timeout or cancellation of a running task costs one worker.
     assert report.completed == report.expected_completed
     assert report.failed == report.expected_failed
     low = report.expected_restarts

@@ -58,8 +58,10 @@ class PoolStatistics:
         workers: live worker processes.
         busy: workers that hold at least one task.
         queued: tasks waiting for a worker.
-        completed: tasks (or map chunks) that returned a value.
-        failed: tasks that raised, timed out or lost their worker.
+        completed: tasks that returned a value; each item of a ``map`` or ``imap`` counts,
+            as soon as its result reaches the parent.
+        failed: tasks (or ``map``/``imap`` items) that raised, timed out or lost their
+            worker; items of a failed chunk that never ran count nowhere.
         restarts: workers started to replace one that died, was killed or was recycled.
         pids: process ids of the live workers.
     """
@@ -604,10 +606,16 @@ class ProcessPool:
             _chunk_job(d, fn_id, items[start : start + chunksize], start, mode)
             for start in range(0, len(items), chunksize)
         ]
+        # A chunk's results arrive in parts as they finish (they count in statistics()
+        # as they come), then with its end.
+        parts: list[list[Any]] = [[] for _ in jobs]
+        for job, part in zip(jobs, parts, strict=True):
+            job.on_item = part.extend
         await _run_all(d, jobs)
         results: list[Any] = []
-        for job in jobs:
-            results.extend(job.value)
+        for job, part in zip(jobs, parts, strict=True):
+            results += part
+            results += job.value
         return results
 
     @overload
@@ -1010,6 +1018,8 @@ class MapIterator(Generic[T]):
         self._yield_seq = 0
         self._start = 0
         self._buffer: collections.deque[Any] = collections.deque()
+        # imap: results of chunks after the one whose turn it is, by position (see _on_part)
+        self._parts: dict[int, list[Any]] = {}
         self._exhausted = False
         self._source_error: BaseException | None = None
         self._waiter: Future | None = None
@@ -1035,10 +1045,25 @@ class MapIterator(Generic[T]):
         self._finished.append(job.id)
         self._wake()
 
+    def _on_part(self, seq: int, results: list[Any]) -> None:
+        """Results of chunk ``seq`` that finished while the rest of it still runs.
+
+        They are yielded at once; for ``imap``, those of a chunk whose turn has not come
+        wait until the chunks before it are through (``__anext__`` moves them on).
+        """
+        if self._closed:
+            return
+        if self._ordered and seq != self._yield_seq:
+            self._parts.setdefault(seq, []).extend(results)
+            return
+        self._buffer.extend(results)
+        self._wake()
+
     def _submit(self, chunk: list[Any]) -> None:
         job = _chunk_job(self._d, self._fn_id, chunk, self._start, self._mode)
         self._start += len(chunk)
         job.notify = _weak(self._on_done)
+        job.on_item = _weak_part(self, self._next_seq)
         self._d.submit(job)
         self._inflight[job.id] = job
         self._submitted_at[job.id] = self._d.backend.time()
@@ -1113,9 +1138,16 @@ class MapIterator(Generic[T]):
                 if room is not None and not room.done():
                     room.set_result(None)
                 if job.state != DONE:
+                    # Its results before the failure were yielded already: they came
+                    # before the failure, and the buffer is empty here.
                     await self.aclose()
                     job.outcome()
                 self._buffer.extend(job.value)
+                if self._ordered:
+                    # The next chunk's turn: what it sent ahead follows this one's end.
+                    ahead = self._parts.pop(self._yield_seq, None)
+                    if ahead:
+                        self._buffer.extend(ahead)
                 continue
             if self._async is not None and self._feeder is None and not self._exhausted:
                 self._feeder = self._d.backend.start_task(
@@ -1145,6 +1177,7 @@ class MapIterator(Generic[T]):
         for job in list(self._inflight.values()):
             self._d.cancel(job)
         self._inflight.clear()
+        self._parts.clear()
 
     async def aclose(self) -> None:
         """Cancel what is still in flight; the iterator then ends."""
@@ -1171,6 +1204,18 @@ def _weak(method: Callable[[Any], None]) -> Callable[[Any], None]:
         bound = ref()
         if bound is not None:
             bound(arg)
+
+    return call
+
+
+def _weak_part(it: MapIterator[Any], seq: int) -> Callable[[Any], None]:
+    """``it._on_part`` for chunk ``seq``, holding ``it`` weakly (see ``_weak``)."""
+    ref = weakref.ref(it)
+
+    def call(results: Any) -> None:
+        target = ref()
+        if target is not None:
+            target._on_part(seq, results)
 
     return call
 

@@ -131,10 +131,8 @@ class _AsyncServer:
             if mode == _wire.MODE_CALL:
                 args, kwargs = payload
                 result = await _maybe_await(fn(*args, **(kwargs or {})))
-            elif mode == _wire.MODE_MAP:
-                result = [await _maybe_await(fn(x)) for x in payload]
-            elif mode == _wire.MODE_STARMAP:
-                result = [await _maybe_await(fn(*a)) for a in payload]
+            elif mode == _wire.MODE_MAP or mode == _wire.MODE_STARMAP:
+                return await self.run_chunk(msg, fn, payload)
             else:
                 args, kwargs = payload
                 await self.stream(msg.id, fn, args, kwargs or {})
@@ -144,6 +142,28 @@ class _AsyncServer:
         except BaseException as exc:
             return _wire.Failed(msg.id, _codec.dumps_error(exc))
         return answer(msg.id, result)
+
+    async def run_chunk(
+        self, msg: _wire.Call, fn: Callable[..., Any], items: list[Any]
+    ) -> _wire.Message:
+        """A map chunk, its results sent as they finish (see ``Worker.run_chunk``)."""
+        partials = self.worker.partials
+        results = partials.begin(msg.id)
+        star = msg.mode == _wire.MODE_STARMAP
+        todo = items[msg.skip :] if msg.skip else items
+        try:
+            for x in todo:
+                results.append(await _maybe_await(fn(*x) if star else fn(x)))
+                if len(results) == 1 and len(todo) > 1:
+                    partials.send_now(msg.id)  # the first result never waits
+        except asyncio.CancelledError:
+            partials.end(msg.id)
+            raise
+        except BaseException as exc:
+            self.worker.flush_output()
+            self.worker.put_leftover(msg.id, partials.end(msg.id))
+            return _wire.Failed(msg.id, _codec.dumps_error(exc))
+        return answer(msg.id, partials.end(msg.id))
 
     async def stream(
         self, task_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -136,9 +136,15 @@ class PoolConfig:
 
 
 class Job:
-    """One unit of work: a call, a chunk of a map, or a stream."""
+    """One unit of work: a call, a chunk of a map, or a stream.
+
+    A stream's items and a map chunk's results as they finish (a list at a time, in input
+    order; ``delivered`` counts them) go to ``on_item``, which a chunk's owner must set; a
+    chunk's ``value`` is the list of its results that came with its end.
+    """
 
     __slots__ = (
+        "delivered",
         "error",
         "error_tb",
         "fn_id",
@@ -181,6 +187,7 @@ class Job:
         self.timer: Handle | None = None
         self.started = 0.0
         self.retries = 0
+        self.delivered = 0  # results of a map chunk already handed over (a retry skips them)
         self.release: Callable[[], None] | None = None  # frees shared memory of the args
 
     def finished(self) -> bool:
@@ -544,7 +551,7 @@ class Dispatcher:
             _wire.encode_into(_wire.Define(fn_id, self._fn_blobs[fn_id]), buf)
             worker.known.add(fn_id)
         try:
-            _wire.encode_into(_wire.Call(job.id, fn_id, job.payload, job.mode), buf)
+            _wire.encode_into(_wire.Call(job.id, fn_id, job.payload, job.mode, job.delivered), buf)
         except SerializationError as exc:
             self._fail(job, exc)
             return
@@ -693,7 +700,15 @@ class Dispatcher:
                     worker.jobs.pop(msg.id)
                     self._advance(worker, job)
                     self._fail(job, _rebuild_error("an item", exc))
+                    # The worker is still running it (a stream would wait for credit
+                    # forever): stop it, as for a cancelled task.
+                    self._stop_running(worker, msg.id)
                 else:
+                    if job.mode != _wire.MODE_STREAM:
+                        # The next results of a map chunk: each counts as completed now,
+                        # and a retry after a crash runs only the items after them.
+                        job.delivered += len(item)
+                        self.completed += len(item)
                     job.on_item(item)
         elif isinstance(msg, _wire.End):
             job = worker.jobs.pop(msg.id, None)
@@ -746,7 +761,10 @@ class Dispatcher:
     def _succeed(self, job: Job, value: Any) -> None:
         job.state = DONE
         job.value = value
-        self.completed += 1
+        if job.mode == _wire.MODE_MAP or job.mode == _wire.MODE_STARMAP:
+            self.completed += len(value)  # the chunk's last results: each item counts
+        else:
+            self.completed += 1
         self._resolved(job)
 
     def _fail(self, job: Job, error: BaseException) -> None:

@@ -70,12 +70,17 @@ class Define(_Msg, tag=1):
 
 
 class Call(_Msg, tag=2):
-    """Run a task. ``mode``: see the MODE_* constants."""
+    """Run a task. ``mode``: see the MODE_* constants.
+
+    ``skip``: for a map chunk, how many of its items the parent already has (a retry after
+    the worker died runs only the rest).
+    """
 
     id: int
     fn: int
     args: bytes
     mode: int = 0
+    skip: int = 0
 
 
 class Cancel(_Msg, tag=3):
@@ -142,7 +147,8 @@ class Failed(_Msg, tag=18):
 
 
 class Item(_Msg, tag=19):
-    """Stream ``id`` yielded ``value`` (pickled)."""
+    """Stream ``id`` yielded ``value`` (pickled); for a map chunk, ``value`` is the list of
+    its next results, in input order (the chunk's ``Done`` carries the last ones)."""
 
     id: int
     value: bytes
@@ -215,8 +221,8 @@ Message = (
 )
 
 MODE_CALL = 0  # fn(*args, **kwargs) -> value
-MODE_MAP = 1  # [fn(x) for x in items] -> list
-MODE_STARMAP = 2  # [fn(*a) for a in items] -> list
+MODE_MAP = 1  # [fn(x) for x in items] -> Item(list)... Done(list): results as they finish
+MODE_STARMAP = 2  # [fn(*a) for a in items] -> the same
 MODE_STREAM = 3  # fn(*args, **kwargs) is a (async) generator -> Item... End
 
 _encoder = msgspec.msgpack.Encoder()

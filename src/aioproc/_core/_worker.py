@@ -28,18 +28,23 @@ Tunables:
   syscall, small enough that the buffer stays below malloc's mmap threshold.
 - ``STREAM_WINDOW``: items a generator may run ahead of the parent's consumer. Larger windows
   hide pipe latency; smaller ones bound the parent's memory for a slow consumer.
+- ``PARTIAL_EVERY``: how long the finished results of a map chunk may wait in the worker
+  before they leave (see ``_Partials``). Tiny items still travel thousands to a message;
+  slow ones come back about as they finish.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import itertools
 import logging
 import os
 import select
 import signal
 import sys
 import threading
+import time
 from inspect import isasyncgen, iscoroutine, isgenerator
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
 
 _READ_SIZE = 1 << 16
 STREAM_WINDOW = 64
+PARTIAL_EVERY = 0.002
 
 # Exit status the parent reads as "the initializer failed", so it does not respawn forever.
 EXIT_INIT_FAILED = 3
@@ -167,6 +173,105 @@ def _watch_parent(task_fd: int) -> None:
         os._exit(1)
 
 
+class _Partials:
+    """The results of the map chunks running now, sent ahead in batches bounded by time.
+
+    A chunk appends each result to the list ``begin`` gives it. A thread wakes every
+    ``PARTIAL_EVERY`` while a chunk runs and sends what was appended since its last send,
+    as one ``Item`` frame per chunk: many tiny results share a message, and a result is
+    never held back by the items after it, however long they run. The thread only reads
+    the lists (appending needs no lock); ``lock`` keeps a batch from leaving after the
+    chunk's final reply, which carries whatever ``end`` returns.
+
+    While the code of a chunk holds the GIL, the thread gets it within the interpreter's
+    switch interval (5 ms), so a batch leaves at most ``PARTIAL_EVERY`` plus that after its
+    first result.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.lock = threading.Lock()
+        self.running: dict[int, list[Any]] = {}
+        self.sent: dict[int, int] = {}  # task id -> results already sent
+        self.halted: set[int] = set()  # a batch failed to pickle: the final reply says why
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        # A task that forks must not leave its child a lock held by this thread (the
+        # child's first print would wait on it forever).
+        os.register_at_fork(
+            before=self.lock.acquire,
+            after_in_parent=self.lock.release,
+            after_in_child=self._after_fork_in_child,
+        )
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.running.clear()
+        self.sent.clear()
+        self.halted.clear()
+        self.thread = None
+
+    def begin(self, task_id: int) -> list[Any]:
+        results: list[Any] = []
+        with self.lock:
+            self.running[task_id] = results
+            self.sent[task_id] = 0
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="aioproc-partials", daemon=True)
+            self.thread.start()
+        self.wake.set()
+        return results
+
+    def end(self, task_id: int) -> list[Any]:
+        """No more batches for ``task_id``; return its results not sent yet."""
+        with self.lock:
+            results = self.running.pop(task_id)
+            sent = self.sent.pop(task_id)
+            self.halted.discard(task_id)
+        return results[sent:] if sent else results
+
+    def send_now(self, task_id: int) -> None:
+        """Send the results ``task_id`` has so far, from the thread that runs it.
+
+        For a chunk's first result: the first result of a map never waits for the thread
+        (nor for the GIL, which the items after it may hold for a switch interval).
+        """
+        with self.lock:
+            results = self.running[task_id]
+            if len(results) > self.sent[task_id] and task_id not in self.halted:
+                self._send(task_id, results)
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            time.sleep(PARTIAL_EVERY)
+            with self.lock:
+                if not self.running:
+                    self.wake.clear()  # begin() sets it again, after taking the lock
+                    continue
+                for task_id, results in self.running.items():
+                    if len(results) > self.sent[task_id] and task_id not in self.halted:
+                        self._send(task_id, results)
+
+    def _send(self, task_id: int, results: list[Any]) -> None:
+        start = self.sent[task_id]
+        stop = len(results)
+        try:
+            msg = _wire.Item(task_id, _codec.dumps_result(results[start:stop]))
+            # What the items printed or posted to the IPC hub leaves before their results.
+            self.worker.flush_output()
+            self.worker.channel.send(msg)
+        except OSError:
+            return  # the parent is gone: the watcher thread ends this process
+        except BaseException:
+            # A result that does not pickle (or not now: the running item is changing it):
+            # the chunk's final reply sends these results, or the error that names them.
+            self.halted.add(task_id)
+            return
+        self.sent[task_id] = stop
+
+
 class Worker:
     """State of one worker process; ``serve()`` never returns."""
 
@@ -186,6 +291,7 @@ class Worker:
         self.eof = False
         self.cancelled: set[int] = set()
         self.main = MainNamespace()
+        self.partials = _Partials(self)
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -296,14 +402,8 @@ class Worker:
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
                 if iscoroutine(result):
                     result = self.run_coroutine(result)
-            elif mode == _wire.MODE_MAP:
-                result = [fn(x) for x in payload]
-                if result and iscoroutine(result[0]):
-                    result = [self.run_coroutine(c) for c in result]
-            elif mode == _wire.MODE_STARMAP:
-                result = [fn(*a) for a in payload]
-                if result and iscoroutine(result[0]):
-                    result = [self.run_coroutine(c) for c in result]
+            elif mode == _wire.MODE_MAP or mode == _wire.MODE_STARMAP:
+                return self.run_chunk(msg, fn, payload)
             else:
                 args, kwargs = payload
                 self.stream(msg.id, fn(*args, **(kwargs or {})))
@@ -315,6 +415,52 @@ class Worker:
             return _wire.Failed(msg.id, _codec.dumps_error(exc))
         self.flush_output()
         return answer(msg.id, result)
+
+    def run_chunk(self, msg: _wire.Call, fn: Callable[..., Any], items: list[Any]) -> _wire.Message:
+        """Run a map chunk from item ``msg.skip`` on; its results leave as they finish.
+
+        The reply carries the results not sent yet. If an item raises, the results before
+        it are still delivered, then the failure.
+        """
+        results = self.partials.begin(msg.id)
+        try:
+            self.fill(fn, items[msg.skip :] if msg.skip else items, msg, results)
+        except BaseException as exc:
+            self.flush_output()
+            self.put_leftover(msg.id, self.partials.end(msg.id))
+            return _wire.Failed(msg.id, _codec.dumps_error(exc))
+        rest = self.partials.end(msg.id)
+        self.flush_output()
+        return answer(msg.id, rest)
+
+    def fill(
+        self, fn: Callable[..., Any], items: list[Any], msg: _wire.Call, out: list[Any]
+    ) -> None:
+        """Append ``fn``'s result for each item to ``out`` (``fn(*item)`` for starmap)."""
+        star = msg.mode == _wire.MODE_STARMAP
+        it = iter(items)
+        for first in it:
+            value = fn(*first) if star else fn(first)
+            coroutines = iscoroutine(value)
+            out.append(self.run_coroutine(value) if coroutines else value)
+            if len(items) > 1:
+                self.partials.send_now(msg.id)
+            if coroutines:
+                run = self.run_coroutine
+                for x in it:
+                    out.append(run(fn(*x) if star else fn(x)))
+            else:
+                # In C, item after item: the list grows as each result is made, so the
+                # partials thread sees it (the fastest loop there is for tiny items).
+                out.extend(itertools.starmap(fn, it) if star else map(fn, it))
+
+    def put_leftover(self, task_id: int, results: list[Any]) -> None:
+        """Queue the results a failed chunk made before its failure (if they can be sent)."""
+        if results:
+            try:
+                self.channel.put(_wire.Item(task_id, _codec.dumps_result(results)))
+            except BaseException:
+                pass  # the failure itself is what the chunk reports
 
     def stream(self, task_id: int, gen: Any) -> None:
         """Send each item of a (async) generator as it is yielded, within the credit window."""
