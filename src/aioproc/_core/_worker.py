@@ -173,6 +173,13 @@ def _watch_parent(task_fd: int) -> None:
         os._exit(1)
 
 
+def flush_hub() -> None:
+    """Write what this process posted to the IPC hub and has not sent yet."""
+    hub = sys.modules.get("aioproc._core._hub")
+    if hub is not None:
+        hub.flush_clients()
+
+
 class _Partials:
     """The results of the map chunks running now, sent ahead in batches bounded by time.
 
@@ -199,10 +206,16 @@ class _Partials:
         # A task that forks must not leave its child a lock held by this thread (the
         # child's first print would wait on it forever).
         os.register_at_fork(
-            before=self.lock.acquire,
-            after_in_parent=self.lock.release,
+            before=self._before_fork,
+            after_in_parent=self._after_fork_in_parent,
             after_in_child=self._after_fork_in_child,
         )
+
+    def _before_fork(self) -> None:
+        self.lock.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        self.lock.release()
 
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
@@ -240,7 +253,7 @@ class _Partials:
         with self.lock:
             results = self.running[task_id]
             if len(results) > self.sent[task_id] and task_id not in self.halted:
-                self._send(task_id, results)
+                self._send(task_id, results, own_thread=True)
 
     def _run(self) -> None:
         while True:
@@ -252,15 +265,21 @@ class _Partials:
                     continue
                 for task_id, results in self.running.items():
                     if len(results) > self.sent[task_id] and task_id not in self.halted:
-                        self._send(task_id, results)
+                        self._send(task_id, results, own_thread=False)
 
-    def _send(self, task_id: int, results: list[Any]) -> None:
+    def _send(self, task_id: int, results: list[Any], *, own_thread: bool) -> None:
         start = self.sent[task_id]
         stop = len(results)
         try:
             msg = _wire.Item(task_id, _codec.dumps_result(results[start:stop]))
-            # What the items printed or posted to the IPC hub leaves before their results.
-            self.worker.flush_output()
+            # What the items posted to the IPC hub (and, from the thread that runs them,
+            # printed) leaves before their results. From the partials thread, sys.stdout
+            # is left alone: a text stream is not safe to flush while another thread
+            # writes to it, and it sends each whole line as it is printed anyway.
+            if own_thread:
+                self.worker.flush_output()
+            else:
+                flush_hub()
             self.worker.channel.send(msg)
         except OSError:
             return  # the parent is gone: the watcher thread ends this process
