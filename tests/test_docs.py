@@ -150,3 +150,53 @@ def test_complete_programs_are_the_blocks_that_import_aioproc(tmp_path: Path) ->
         "```python\nimport aioprocessing\n```\n"
     )
     assert [complete_program(b) for b in python_blocks(doc)] == [True, True, False, False]
+
+
+# --- the distribution name (aioproc on the package index is another project) ---------------
+
+DISTRIBUTION = "aioproc-parallel"
+# "pip install" naming a package from the index: not a path ("."), not an option ("-e").
+_PIP_INSTALL = re.compile(r"""pip\s+install\s+(?:--?[\w-]+\s+)*["']?(?P<name>[A-Za-z][\w.-]*)""")
+
+
+def test_the_distribution_is_aioproc_parallel() -> None:
+    import importlib.metadata
+    import tomllib
+
+    import aioproc
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["name"] == DISTRIBUTION
+    assert importlib.metadata.version(DISTRIBUTION) == aioproc.__version__ == project["version"]
+
+
+def test_install_commands_name_the_distribution() -> None:
+    sources = [*DOCUMENTS, *sorted((ROOT / "src" / "aioproc").rglob("*.py"))]
+    wrong = []
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        for match in _PIP_INSTALL.finditer(text):  # a command may wrap onto the next line
+            name = re.split(r"[\[<>=!~]", match["name"])[0]
+            if name.startswith("aioproc") and name != DISTRIBUTION:
+                number = text.count("\n", 0, match.start()) + 1
+                wrong.append(f"{path.relative_to(ROOT)}:{number}: {match[0]}")
+    assert not wrong, "install aioproc-parallel, not aioproc:\n" + "\n".join(wrong)
+
+
+def test_the_readme_commands_do_what_they_say() -> None:
+    # The first screen gives one command for the demo and one for the tests, and the test
+    # command runs every check it names.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_screen = readme[: readme.index("\n## ")]
+    assert "pip install . && python examples/pool_quickstart.py" in first_screen
+    assert "\nbash .ci/run\n" in first_screen
+    comment = first_screen[: first_screen.index("\nbash .ci/run\n")].rsplit("```bash", 1)[1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for named, command in [
+        ("ruff", "ruff check src tests benchmarks examples"),
+        ("mypy", "\nmypy\n"),
+        ("pyright", "python -m tests.typecheck"),
+        ("pytest", "python -m pytest"),
+    ]:
+        assert named in comment, f"the README's test command does not mention {named}"
+        assert command in ci, f".ci/run does not run {named}"

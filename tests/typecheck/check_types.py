@@ -1,10 +1,12 @@
+# pyright: strict
 """What the type checkers infer for user code: the public API's static types.
 
 Not a test module for pytest: ``python -m tests.typecheck`` (run by CI) checks this file
-with ``mypy --strict`` and ``pyright``. ``assert_type`` fails the check when an inferred
-type differs; a line that must be rejected carries an ignore comment for each checker, and
-both checkers report an ignore comment that is not needed, so an accepted mistake fails too
-(bare ignores: the error codes differ between checkers and their versions).
+with ``mypy --strict`` and ``pyright`` (strict here: see the comment above). ``assert_type``
+fails the check when an inferred type differs, and pyright's strict mode when one is
+partially unknown. A line that must be rejected carries ``# type: ignore``, which both
+checkers read, and both report one that is not needed, so an accepted mistake fails too
+(bare: the error codes differ between the checkers and their versions).
 """
 
 from __future__ import annotations
@@ -67,10 +69,10 @@ async def single_tasks(pool: aioproc.ProcessPool) -> None:
     assert_type(await aioproc.run(square, 3), int)
 
     # The arguments are checked against the function's parameters.
-    await pool.apply(fetch, 3)  # type: ignore  # pyright: ignore
-    await pool.apply(square)  # type: ignore  # pyright: ignore
-    pool.submit(scale, 3, factor="2")  # type: ignore  # pyright: ignore
-    await aioproc.run(square, "3")  # type: ignore  # pyright: ignore
+    await pool.apply(fetch, 3)  # type: ignore
+    await pool.apply(square)  # type: ignore
+    pool.submit(scale, 3, factor="2")  # type: ignore
+    await aioproc.run(square, "3")  # type: ignore
 
 
 async def many_tasks(pool: aioproc.ProcessPool) -> None:
@@ -101,12 +103,12 @@ async def many_tasks(pool: aioproc.ProcessPool) -> None:
     assert_type(pool.stream(count_up, 3), aioproc.StreamIterator[str])
 
     # Items must fit the function's parameters, one iterable per parameter.
-    await pool.map(square, ["a"])  # type: ignore  # pyright: ignore
-    await pool.map(scale, [1], ["x"])  # type: ignore  # pyright: ignore
-    await pool.map(join, ["a"], [1])  # type: ignore  # pyright: ignore
-    pool.imap(fetch, [1])  # type: ignore  # pyright: ignore
-    pool.stream(count_up, "3")  # type: ignore  # pyright: ignore
-    pool.stream(square, 3)  # type: ignore  # pyright: ignore
+    await pool.map(square, ["a"])  # type: ignore
+    await pool.map(scale, [1], ["x"])  # type: ignore
+    await pool.map(join, ["a"], [1])  # type: ignore
+    pool.imap(fetch, [1])  # type: ignore
+    pool.stream(count_up, "3")  # type: ignore
+    pool.stream(square, 3)  # type: ignore
 
 
 async def processes() -> None:
