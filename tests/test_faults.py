@@ -386,8 +386,7 @@ async def test_row13_pool_collected_with_a_backlog(start_method: str) -> None:
     running = pool.submit(tasks.sleep_forever)
     backlog = [pool.submit(tasks.double, i) for i in range(3)]
     with pytest.warns(ResourceWarning, match="unclosed"):
-        del pool
-        gc.collect()
+        del pool  # the last reference: collected here
     for task in [running, *backlog]:
         with anyio.fail_after(10), pytest.raises(aioproc.PoolClosedError):
             await task
