@@ -476,3 +476,16 @@ async def test_a_unicode_array_has_a_numpy_view() -> None:
     assert view.tolist() == ["a", "b", "c"]
     view[1] = "z"  # the view shares the memory
     assert arr[:] == "azc"
+
+
+async def test_map_results_are_freed_once_dropped_without_the_cycle_collector() -> None:
+    np = pytest.importorskip("numpy")
+    async with aioproc.ProcessPool(1) as pool:
+        gc.disable()
+        try:
+            results = await pool.map(tasks.double_array, [np.ones(3), np.ones(4)])
+            refs = [weakref.ref(r) for r in results]
+            del results
+            assert all(ref() is None for ref in refs)
+        finally:
+            gc.enable()

@@ -944,27 +944,35 @@ async def _run_all(d: Dispatcher, jobs: list[Job]) -> None:
         await d.backend.checkpoint()  # a cancelled caller never reaches a worker
     waiter = d.backend.create_future()
     remaining = len(jobs)
+    failed: list[Job] = []  # not the waiter's result: a finished future may outlive us
 
     def notify(job: Job) -> None:
         nonlocal remaining
         remaining -= 1
-        if (job.state != DONE or not remaining) and not waiter.done():
-            waiter.set_result(job)
+        if job.state != DONE:
+            failed.append(job)
+        if (failed or not remaining) and not waiter.done():
+            waiter.set_result(None)
 
     for job in jobs:
         job.notify = notify
     try:
         for job in jobs:
             d.submit(job)
-        first = await waiter
+        await waiter
     except BaseException:
         for job in jobs:
             d.cancel(job)
         raise
-    if first.state != DONE:
+    finally:
+        # job -> notify -> job is a cycle: broken here, the results go as soon as the
+        # caller drops them, not at the next run of the cycle collector.
+        for job in jobs:
+            job.notify = None
+    if failed:
         for job in jobs:
             d.cancel(job)
-        first.outcome()
+        failed[0].outcome()
 
 
 _MAX_CHUNK = 4096
