@@ -607,14 +607,16 @@ class ProcessPool:
             for start in range(0, len(items), chunksize)
         ]
         # A chunk's results arrive in parts as they finish (they count in statistics()
-        # as they come), then with its end.
-        parts: list[list[Any]] = [[] for _ in jobs]
-        for job, part in zip(jobs, parts, strict=True):
-            job.on_item = part.extend
+        # as they come), then with its end. Parts are kept as they came: each result is
+        # copied once, into the list returned.
+        parts: list[list[list[Any]]] = [[] for _ in jobs]
+        for job, got in zip(jobs, parts, strict=True):
+            job.on_item = got.append
         await _run_all(d, jobs)
         results: list[Any] = []
-        for job, part in zip(jobs, parts, strict=True):
-            results += part
+        for job, got in zip(jobs, parts, strict=True):
+            for part in got:
+                results += part
             results += job.value
         return results
 

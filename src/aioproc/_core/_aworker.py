@@ -152,9 +152,9 @@ class _AsyncServer:
         star = msg.mode == _wire.MODE_STARMAP
         todo = items[msg.skip :] if msg.skip else items
         try:
-            for x in todo:
+            for index, x in enumerate(todo):
                 results.append(await _maybe_await(fn(*x) if star else fn(x)))
-                if len(results) == 1 and len(todo) > 1:
+                if not index and len(todo) > 1:
                     partials.send_now(msg.id)  # the first result never waits
         except asyncio.CancelledError:
             partials.end(msg.id)

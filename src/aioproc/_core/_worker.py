@@ -59,6 +59,12 @@ if TYPE_CHECKING:
 _READ_SIZE = 1 << 16
 STREAM_WINDOW = 64
 PARTIAL_EVERY = 0.002
+_PARTIALS_LINGER = 25  # rounds of PARTIAL_EVERY the partials thread stays awake when idle
+# Map items run in slices once they prove tiny (see Worker.fill).
+_TINY = 20e-6  # seconds: an item under this counts as tiny
+_TINY_RUN = 16  # tiny items in a row before slices start, and the first slice's size
+_SLICE_TIME = 0.0005  # slices double while one takes less than this
+_MAX_SLICE = 8192
 
 # Exit status the parent reads as "the initializer failed", so it does not respawn forever.
 EXIT_INIT_FAILED = 3
@@ -183,12 +189,13 @@ def flush_hub() -> None:
 class _Partials:
     """The results of the map chunks running now, sent ahead in batches bounded by time.
 
-    A chunk appends each result to the list ``begin`` gives it. A thread wakes every
-    ``PARTIAL_EVERY`` while a chunk runs and sends what was appended since its last send,
-    as one ``Item`` frame per chunk: many tiny results share a message, and a result is
-    never held back by the items after it, however long they run. The thread only reads
-    the lists (appending needs no lock); ``lock`` keeps a batch from leaving after the
-    chunk's final reply, which carries whatever ``end`` returns.
+    A chunk adds each result to the list ``begin`` gives it, which holds only what has
+    not been sent. A thread wakes every ``PARTIAL_EVERY`` while a chunk runs and sends what
+    the list holds, as one ``Item`` frame per chunk: many tiny results share a message,
+    and a result is never held back by the items after it, however long they run. The
+    running code only adds to the end of the list, and the thread only takes from its
+    front, each step atomic under the GIL, so adding needs no lock; ``lock`` keeps a batch
+    from leaving after the chunk's final reply, which carries whatever ``end`` returns.
 
     While the code of a chunk holds the GIL, the thread gets it within the interpreter's
     switch interval (5 ms), so a batch leaves at most ``PARTIAL_EVERY`` plus that after its
@@ -198,8 +205,7 @@ class _Partials:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.lock = threading.Lock()
-        self.running: dict[int, list[Any]] = {}
-        self.sent: dict[int, int] = {}  # task id -> results already sent
+        self.running: dict[int, list[Any]] = {}  # task id -> its results not sent yet
         self.halted: set[int] = set()  # a batch failed to pickle: the final reply says why
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -221,7 +227,6 @@ class _Partials:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.running.clear()
-        self.sent.clear()
         self.halted.clear()
         self.thread = None
 
@@ -229,20 +234,18 @@ class _Partials:
         results: list[Any] = []
         with self.lock:
             self.running[task_id] = results
-            self.sent[task_id] = 0
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="aioproc-partials", daemon=True)
             self.thread.start()
-        self.wake.set()
+        if not self.wake.is_set():
+            self.wake.set()
         return results
 
     def end(self, task_id: int) -> list[Any]:
         """No more batches for ``task_id``; return its results not sent yet."""
         with self.lock:
-            results = self.running.pop(task_id)
-            sent = self.sent.pop(task_id)
             self.halted.discard(task_id)
-        return results[sent:] if sent else results
+            return self.running.pop(task_id)
 
     def send_now(self, task_id: int) -> None:
         """Send the results ``task_id`` has so far, from the thread that runs it.
@@ -252,26 +255,33 @@ class _Partials:
         """
         with self.lock:
             results = self.running[task_id]
-            if len(results) > self.sent[task_id] and task_id not in self.halted:
+            if results and task_id not in self.halted:
                 self._send(task_id, results, own_thread=True)
 
     def _run(self) -> None:
+        idle = 0  # rounds in a row with no chunk running
         while True:
             self.wake.wait()
             time.sleep(PARTIAL_EVERY)
             with self.lock:
                 if not self.running:
-                    self.wake.clear()  # begin() sets it again, after taking the lock
+                    # Back-to-back chunks find the thread awake: waking it costs the chunk
+                    # a hand-over of the GIL. An idle worker lets it sleep until begin()
+                    # sets the event again (after taking the lock).
+                    idle += 1
+                    if idle >= _PARTIALS_LINGER:
+                        self.wake.clear()
+                        idle = 0
                     continue
+                idle = 0
                 for task_id, results in self.running.items():
-                    if len(results) > self.sent[task_id] and task_id not in self.halted:
+                    if results and task_id not in self.halted:
                         self._send(task_id, results, own_thread=False)
 
     def _send(self, task_id: int, results: list[Any], *, own_thread: bool) -> None:
-        start = self.sent[task_id]
-        stop = len(results)
+        count = len(results)
         try:
-            msg = _wire.Item(task_id, _codec.dumps_result(results[start:stop]))
+            msg = _wire.Item(task_id, _codec.dumps_result(results[:count]))
             # What the items posted to the IPC hub (and, from the thread that runs them,
             # printed) leaves before their results. From the partials thread, sys.stdout
             # is left alone: a text stream is not safe to flush while another thread
@@ -288,7 +298,9 @@ class _Partials:
             # the chunk's final reply sends these results, or the error that names them.
             self.halted.add(task_id)
             return
-        self.sent[task_id] = stop
+        # Sent: the first ``count`` are still those (the chunk only adds at the end), and
+        # the worker need not keep them until the chunk ends (large results would pile up).
+        del results[:count]
 
 
 class Worker:
@@ -455,23 +467,64 @@ class Worker:
     def fill(
         self, fn: Callable[..., Any], items: list[Any], msg: _wire.Call, out: list[Any]
     ) -> None:
-        """Append ``fn``'s result for each item to ``out`` (``fn(*item)`` for starmap)."""
+        """Append ``fn``'s result for each item to ``out`` (``fn(*item)`` for starmap).
+
+        Each result joins ``out``, where the partials thread sees it, as soon as it is
+        made; the first one leaves at once. Tiny items are the exception: once
+        ``_TINY_RUN`` items in a row took under ``_TINY`` each, they run in slices, one
+        list comprehension each (the fastest loop there is, some 15% faster than appending
+        item by item), and a slice's results join together. Slices double while one takes
+        under ``_SLICE_TIME``; a slice whose items average over ``_TINY`` sends the loop
+        back to one item at a time. So only a slice's worth of tiny results (well under a
+        millisecond of work) can wait for a slow item that follows them in the slice.
+        """
+        n = len(items)
+        if not n:
+            return  # a retried chunk whose results had all arrived
         star = msg.mode == _wire.MODE_STARMAP
-        it = iter(items)
-        for first in it:
-            value = fn(*first) if star else fn(first)
-            coroutines = iscoroutine(value)
-            out.append(self.run_coroutine(value) if coroutines else value)
-            if len(items) > 1:
+        clock = time.perf_counter
+        first = items[0]
+        start = clock()
+        value = fn(*first) if star else fn(first)
+        if iscoroutine(value):
+            run = self.run_coroutine
+            out.append(run(value))
+            if n > 1:
                 self.partials.send_now(msg.id)
-            if coroutines:
-                run = self.run_coroutine
-                for x in it:
-                    out.append(run(fn(*x) if star else fn(x)))
+            for x in itertools.islice(items, 1, None):
+                out.append(run(fn(*x) if star else fn(x)))
+            return
+        out.append(value)
+        fast = 1 if clock() - start < _TINY else 0
+        if n > 1 and not fast:
+            # Not a tiny item: its result leaves now rather than with the thread's next
+            # round. (A tiny one waits for that round: most chunks of tiny items are over
+            # by then, and their results leave in one message.)
+            self.partials.send_now(msg.id)
+        append = out.append
+        i, size = 1, 1
+        while i < n:
+            if size == 1:
+                x = items[i]
+                start = clock()
+                append(fn(*x) if star else fn(x))
+                i += 1
+                if clock() - start < _TINY:
+                    fast += 1
+                    if fast >= _TINY_RUN:
+                        size = _TINY_RUN
+                else:
+                    fast = 0
             else:
-                # In C, item after item: the list grows as each result is made, so the
-                # partials thread sees it (the fastest loop there is for tiny items).
-                out.extend(itertools.starmap(fn, it) if star else map(fn, it))
+                part = items[i : i + size]
+                start = clock()
+                out += [fn(*x) for x in part] if star else [fn(x) for x in part]
+                i += size
+                spent = clock() - start
+                if spent > _TINY * len(part):
+                    size, fast = 1, 0
+                elif spent < _SLICE_TIME and size < _MAX_SLICE:
+                    size *= 2
 
     def put_leftover(self, task_id: int, results: list[Any]) -> None:
         """Queue the results a failed chunk made before its failure (if they can be sent)."""
