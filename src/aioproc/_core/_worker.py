@@ -470,13 +470,15 @@ class Worker:
         """Append ``fn``'s result for each item to ``out`` (``fn(*item)`` for starmap).
 
         Each result joins ``out``, where the partials thread sees it, as soon as it is
-        made; the first one leaves at once. Tiny items are the exception: once
-        ``_TINY_RUN`` items in a row took under ``_TINY`` each, they run in slices, one
-        list comprehension each (the fastest loop there is, some 15% faster than appending
-        item by item), and a slice's results join together. Slices double while one takes
-        under ``_SLICE_TIME``; a slice whose items average over ``_TINY`` sends the loop
-        back to one item at a time. So only a slice's worth of tiny results (well under a
-        millisecond of work) can wait for a slow item that follows them in the slice.
+        made; the first one leaves at once unless its item was tiny. Tiny items are the
+        exception: once ``_TINY_RUN`` items in a row took under ``_TINY`` each, they run in
+        slices, one list comprehension each (the fastest loop there is, some 15% faster
+        than appending item by item), and a slice's results join together. Slices double
+        while one takes under ``_SLICE_TIME``; a slice whose items average over ``_TINY``
+        sends the loop back to one item at a time. So only a slice's worth of tiny results
+        (about a millisecond of work at most) can wait for a slow item that follows them
+        in the slice, and if an item of a slice raises, the results of the items before it
+        in that slice are lost with the comprehension (the chunk fails anyway).
         """
         n = len(items)
         if not n:
