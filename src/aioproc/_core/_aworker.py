@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from inspect import isasyncgen, iscoroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._exceptions import SerializationError
 from . import _codec, _wire
-from ._worker import STREAM_WINDOW, Worker, answer, check_generator, load_payload
+from ._worker import (
+    PARTIAL_EVERY,
+    STREAM_WINDOW,
+    Worker,
+    answer,
+    check_generator,
+    load_payload,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -152,10 +160,13 @@ class _AsyncServer:
         star = msg.mode == _wire.MODE_STARMAP
         todo = items[msg.skip :] if msg.skip else items
         try:
+            last = len(todo) - 1
             for index, x in enumerate(todo):
                 results.append(await _maybe_await(fn(*x) if star else fn(x)))
-                if not index and len(todo) > 1:
-                    partials.send_now(msg.id)  # the first result never waits
+                if index < last and (
+                    not index or time.perf_counter() - partials.last_send >= PARTIAL_EVERY
+                ):
+                    partials.send_now(msg.id)  # the first result, then one batch per round
         except asyncio.CancelledError:
             partials.end(msg.id)
             raise

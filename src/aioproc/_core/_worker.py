@@ -60,6 +60,7 @@ _READ_SIZE = 1 << 16
 STREAM_WINDOW = 64
 PARTIAL_EVERY = 0.002
 _PARTIALS_LINGER = 25  # rounds of PARTIAL_EVERY the partials thread stays awake when idle
+_PARTIALS_PAUSE_MAX = 0.032  # longest pause of the partials thread while a chunk runs
 # Map items run in slices once they prove tiny (see Worker.fill).
 _TINY = 20e-6  # seconds: an item under this counts as tiny
 _TINY_RUN = 16  # tiny items in a row before slices start, and the first slice's size
@@ -190,16 +191,18 @@ class _Partials:
     """The results of the map chunks running now, sent ahead in batches bounded by time.
 
     A chunk adds each result to the list ``begin`` gives it, which holds only what has
-    not been sent. A thread wakes every ``PARTIAL_EVERY`` while a chunk runs and sends what
-    the list holds, as one ``Item`` frame per chunk: many tiny results share a message,
-    and a result is never held back by the items after it, however long they run. The
-    running code only adds to the end of the list, and the thread only takes from its
+    not been sent, and sends what the list holds (``send_now``, one ``Item`` frame) after
+    an item once ``PARTIAL_EVERY`` has passed since the last batch: many tiny results share
+    a message, slow ones leave one by one. A result must not wait for the items after it
+    either, however long one of them runs: a thread wakes while a chunk runs and sends what
+    has waited ``PARTIAL_EVERY``. Each of its rounds takes the GIL from the running code,
+    so it pauses longer (up to ``_PARTIALS_PAUSE_MAX``) while it finds nothing to do.
+
+    The running code only adds to the end of a list, and a send only takes from its
     front, each step atomic under the GIL, so adding needs no lock; ``lock`` keeps a batch
     from leaving after the chunk's final reply, which carries whatever ``end`` returns.
-
-    While the code of a chunk holds the GIL, the thread gets it within the interpreter's
-    switch interval (5 ms), so a batch leaves at most ``PARTIAL_EVERY`` plus that after its
-    first result.
+    While an item holds the GIL, the thread gets it within the interpreter's switch
+    interval (5 ms).
     """
 
     def __init__(self, worker: Worker) -> None:
@@ -209,6 +212,8 @@ class _Partials:
         self.halted: set[int] = set()  # a batch failed to pickle: the final reply says why
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        # time.perf_counter() of the last batch sent, or of the last chunk's start
+        self.last_send = 0.0
         # A task that forks must not leave its child a lock held by this thread (the
         # child's first print would wait on it forever).
         os.register_at_fork(
@@ -234,6 +239,7 @@ class _Partials:
         results: list[Any] = []
         with self.lock:
             self.running[task_id] = results
+        self.last_send = time.perf_counter()
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="aioproc-partials", daemon=True)
             self.thread.start()
@@ -260,9 +266,10 @@ class _Partials:
 
     def _run(self) -> None:
         idle = 0  # rounds in a row with no chunk running
+        pause = PARTIAL_EVERY
         while True:
             self.wake.wait()
-            time.sleep(PARTIAL_EVERY)
+            time.sleep(pause)
             with self.lock:
                 if not self.running:
                     # Back-to-back chunks find the thread awake: waking it costs the chunk
@@ -272,11 +279,19 @@ class _Partials:
                     if idle >= _PARTIALS_LINGER:
                         self.wake.clear()
                         idle = 0
+                    pause = PARTIAL_EVERY
                     continue
                 idle = 0
-                for task_id, results in self.running.items():
-                    if results and task_id not in self.halted:
-                        self._send(task_id, results, own_thread=False)
+                sent = False
+                if time.perf_counter() - self.last_send >= PARTIAL_EVERY:
+                    for task_id, results in self.running.items():
+                        if results and task_id not in self.halted:
+                            self._send(task_id, results, own_thread=False)
+                            sent = True
+                # Each round takes the GIL from the code running the chunk (on a busy
+                # machine, it may then wait for a CPU): rounds space out while the chunk's
+                # own thread does the sending, or while nothing has finished.
+                pause = PARTIAL_EVERY if sent else min(pause * 2, _PARTIALS_PAUSE_MAX)
 
     def _send(self, task_id: int, results: list[Any], *, own_thread: bool) -> None:
         count = len(results)
@@ -298,6 +313,7 @@ class _Partials:
             # the chunk's final reply sends these results, or the error that names them.
             self.halted.add(task_id)
             return
+        self.last_send = time.perf_counter()
         # Sent: the first ``count`` are still those (the chunk only adds at the end), and
         # the worker need not keep them until the chunk ends (large results would pile up).
         del results[:count]
@@ -503,6 +519,7 @@ class Worker:
             # round. (A tiny one waits for that round: most chunks of tiny items are over
             # by then, and their results leave in one message.)
             self.partials.send_now(msg.id)
+        partials = self.partials
         append = out.append
         i, size = 1, 1
         while i < n:
@@ -511,7 +528,8 @@ class Worker:
                 start = clock()
                 append(fn(*x) if star else fn(x))
                 i += 1
-                if clock() - start < _TINY:
+                now = clock()
+                if now - start < _TINY:
                     fast += 1
                     if fast >= _TINY_RUN:
                         size = _TINY_RUN
@@ -522,11 +540,16 @@ class Worker:
                 start = clock()
                 out += [fn(*x) for x in part] if star else [fn(x) for x in part]
                 i += size
-                spent = clock() - start
+                now = clock()
+                spent = now - start
                 if spent > _TINY * len(part):
                     size, fast = 1, 0
                 elif spent < _SLICE_TIME and size < _MAX_SLICE:
                     size *= 2
+            if now - partials.last_send >= PARTIAL_EVERY and i < n:
+                # This thread sends while it makes progress: the partials thread, which
+                # would have to take the GIL from it, is only for an item that runs long.
+                partials.send_now(msg.id)
 
     def put_leftover(self, task_id: int, results: list[Any]) -> None:
         """Queue the results a failed chunk made before its failure (if they can be sent)."""
