@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 _READ_SIZE = 1 << 16
 STREAM_WINDOW = 64
-PARTIAL_EVERY = 0.002
+PARTIAL_EVERY = 0.005
 _PARTIALS_LINGER = 25  # rounds of PARTIAL_EVERY the partials thread stays awake when idle
 _PARTIALS_PAUSE_MAX = 0.032  # longest pause of the partials thread while a chunk runs
 # Map items run in slices once they prove tiny (see Worker.fill).
