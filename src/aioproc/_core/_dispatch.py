@@ -75,7 +75,6 @@ _CANCEL_GRACE = 2.0
 _FUNCTION_CACHE = 256
 
 
-
 def _cacheable(fn: object) -> bool:
     """Is ``fn`` immutable by identity, so that its pickle may be reused for later calls?
 
@@ -93,6 +92,7 @@ def _cacheable(fn: object) -> bool:
         owner = fn.__self__  # type: ignore[attr-defined]
         return owner is None or type(owner) is types.ModuleType
     return isinstance(fn, type) and "<locals>" not in fn.__qualname__
+
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = range(5)
 
