@@ -35,3 +35,23 @@ def test_workers_do_not_import_the_public_api() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_every_error_is_defined_in_the_exceptions_module() -> None:
+    import importlib
+    import pkgutil
+
+    from aioproc import _exceptions
+
+    strays = set()
+    for info in pkgutil.walk_packages(aioproc.__path__, "aioproc."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, BaseException)
+                and obj.__module__.split(".")[0] == "aioproc"
+                and getattr(_exceptions, obj.__name__, None) is not obj
+            ):
+                strays.add(f"{info.name}.{name}")
+    assert sorted(strays) == []

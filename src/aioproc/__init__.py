@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import AioprocError as AioprocError
+from ._exceptions import BrokenBarrierError as BrokenBarrierError
 from ._exceptions import ClosedResourceError as ClosedResourceError
 from ._exceptions import EndOfStream as EndOfStream
 from ._exceptions import LockOwnerDiedError as LockOwnerDiedError
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from ._shared import Value as Value
     from ._sync import Barrier as Barrier
     from ._sync import BoundedSemaphore as BoundedSemaphore
-    from ._sync import BrokenBarrierError as BrokenBarrierError
     from ._sync import Condition as Condition
     from ._sync import Event as Event
     from ._sync import Lock as Lock
@@ -95,7 +95,6 @@ _LAZY = {
     "Array": "._shared",
     "Barrier": "._sync",
     "BoundedSemaphore": "._sync",
-    "BrokenBarrierError": "._sync",
     "Condition": "._sync",
     "Connection": "._pipe",
     "DictProxy": "._manager",

@@ -11,6 +11,9 @@ The hierarchy::
     ├── ClosedResourceError      you closed it (also an ``anyio.ClosedResourceError``)
     ├── EndOfStream              the peer closed it (also an ``anyio.EndOfStream``)
     ├── WouldBlock               a ``*_nowait`` call could not proceed (also ``anyio.WouldBlock``)
+    │   ├── QueueEmpty           ``get_nowait`` on an empty queue (also a ``queue.Empty``)
+    │   └── QueueFull            ``put_nowait`` on a full queue (also a ``queue.Full``)
+    ├── BrokenBarrierError       a barrier was aborted or reset (also ``threading``'s)
     └── RemoteError              a task raised an exception that could not cross back
 
 A task's own exceptions keep their type; the worker's formatted traceback rides along as
@@ -20,14 +23,20 @@ Every class here is picklable, since errors cross process boundaries.
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import anyio
 
 __all__ = (
     "AioprocError",
+    "BrokenBarrierError",
     "ClosedResourceError",
     "EndOfStream",
     "LockOwnerDiedError",
     "PoolClosedError",
+    "QueueEmpty",
+    "QueueFull",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -84,6 +93,18 @@ class WouldBlock(AioprocError, anyio.WouldBlock):
     """A ``*_nowait`` call could not proceed without waiting."""
 
 
+class QueueEmpty(WouldBlock, queue.Empty):
+    """``get_nowait`` found the queue empty (also a ``queue.Empty``)."""
+
+
+class QueueFull(WouldBlock, queue.Full):
+    """``put_nowait`` found the queue full (also a ``queue.Full``)."""
+
+
+class BrokenBarrierError(AioprocError, threading.BrokenBarrierError):
+    """The barrier was aborted or reset while tasks waited on it."""
+
+
 class RemoteError(AioprocError):
     """A task raised an exception that could not be sent back as itself.
 
@@ -123,6 +144,9 @@ for _cls in (
     ClosedResourceError,
     EndOfStream,
     WouldBlock,
+    QueueEmpty,
+    QueueFull,
+    BrokenBarrierError,
     RemoteError,
     RemoteTraceback,
 ):

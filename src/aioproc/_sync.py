@@ -23,15 +23,12 @@ if TYPE_CHECKING:
 __all__ = (
     "Barrier",
     "BoundedSemaphore",
-    "BrokenBarrierError",
     "Condition",
     "Event",
     "Lock",
     "LockStatistics",
     "Semaphore",
 )
-
-BrokenBarrierError = _objects.BrokenBarrierError
 
 
 def _check_timeout(timeout: float | None) -> None:

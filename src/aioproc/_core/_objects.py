@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import collections
 import pickle
-import queue as std_queue
-import threading
 from typing import Any, Protocol
 
 from .._exceptions import (
-    AioprocError,
+    BrokenBarrierError,
     ClosedResourceError,
     EndOfStream,
     LockOwnerDiedError,
+    QueueEmpty,
+    QueueFull,
     WouldBlock,
 )
 
@@ -51,17 +51,6 @@ class Waiter(Protocol):
 
     def resolve(self, value: bytes) -> bool: ...
     def fail(self, exc: BaseException) -> None: ...
-
-
-class QueueEmpty(WouldBlock, std_queue.Empty):
-    """``get_nowait`` found the queue empty (also a ``queue.Empty``)."""
-
-
-class QueueFull(WouldBlock, std_queue.Full):
-    """``put_nowait`` found the queue full (also a ``queue.Full``)."""
-
-
-QueueEmpty.__module__ = QueueFull.__module__ = "aioproc"
 
 
 def dumps(value: Any) -> bytes:
@@ -357,13 +346,6 @@ class ConditionState(State):
         for item in list(self.lock.waiters):
             if isinstance(item, _Reacquire) and item.waiter is waiter:
                 self.lock.waiters.remove(item)
-
-
-class BrokenBarrierError(AioprocError, threading.BrokenBarrierError):
-    """The barrier was aborted or reset while tasks waited on it."""
-
-
-BrokenBarrierError.__module__ = "aioproc"
 
 
 class BarrierState(State):
