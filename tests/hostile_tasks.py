@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aioproc._core import _hub, _objects, _wire
+from aioproc._core import _client, _wire
 
 
-def _write(client: _hub.Client, data: bytes) -> None:
+def _write(client: _client.Client, data: bytes) -> None:
     """Write ``data`` on the connection after what the library queued (an adopt of the
     proxy, posted when it was unpickled), and whole, between two of its own writes."""
     client.flush()
@@ -20,7 +20,7 @@ def _write(client: _hub.Client, data: bytes) -> None:
         client.sock.sendall(data)
 
 
-def _client(proxy: Any) -> _hub.Client:
+def _client_of(proxy: Any) -> _client.Client:
     """This process's authenticated connection to the hub that hosts ``proxy``."""
     client = proxy._endpoint.client
     assert client is not None, "a child reaches the hub through a client connection"
@@ -34,7 +34,7 @@ def write_raw(proxy: Any, junk: bytes) -> tuple[int, str, str]:
         this process's pid, and the type name and message of what the call raised (or
         ``"none"`` if it returned).
     """
-    _write(_client(proxy), junk)
+    _write(_client_of(proxy), junk)
     try:
         proxy.statistics()
     except Exception as exc:
@@ -44,14 +44,14 @@ def write_raw(proxy: Any, junk: bytes) -> tuple[int, str, str]:
 
 def write_half_a_frame(proxy: Any) -> None:
     """Write the first bytes of a frame that announces 64, then return (and exit)."""
-    _write(_client(proxy), b"\x40\x00\x00\x00" + _wire.encode(_wire.HubCall(0, 1, 1))[4:])
+    _write(_client_of(proxy), b"\x40\x00\x00\x00" + _wire.encode(_wire.HubCall(0, 1, 1))[4:])
 
 
 def put_raw(queue: Any, blobs: list[bytes]) -> None:
     """Put ``blobs`` on ``queue`` as they are, bypassing its codec (a hostile producer)."""
-    client = _client(queue)
+    client = _client_of(queue)
     for blob in blobs:
-        client.post(queue._oid, _objects.OP_PUT, blob)
+        client.post(queue._oid, _wire.OP_PUT, blob)
     client.flush()
 
 

@@ -99,7 +99,7 @@ class _Touch:
 
 def _pickle_frame(path: Path) -> bytes:
     spec = pickle.dumps(_Touch(str(path)), 5)
-    return _wire.encode(_wire.HubCall(1, 0, _hub.OP_CREATE, spec))
+    return _wire.encode(_wire.HubCall(1, 0, _wire.OP_CREATE, spec))
 
 
 def _answers(hub: _hub.Hub, challenge: bytes, tmp_path: Path) -> dict[str, bytes]:
@@ -108,8 +108,8 @@ def _answers(hub: _hub.Hub, challenge: bytes, tmp_path: Path) -> dict[str, bytes
         "garbage": b"GET / HTTP/1.1\r\nHost: aioproc\r\n\r\n" + b"\0" * 16,
         "length far over MAX_FRAME": b"\xff\xff\xff\xff" + b"\0" * 36,
         "length just over MAX_FRAME": (_wire.MAX_FRAME + 1).to_bytes(4, "little") + b"\0" * 36,
-        "answer made with the wrong key": _hub._digest(os.urandom(32), challenge) + pid,
-        "answer to another challenge": _hub._digest(hub.key, os.urandom(32)) + pid,
+        "answer made with the wrong key": _hub.digest(os.urandom(32), challenge) + pid,
+        "answer to another challenge": _hub.digest(hub.key, os.urandom(32)) + pid,
         "pickle that runs code when loaded": _pickle_frame(tmp_path / "pwned"),
     }
 
@@ -164,7 +164,7 @@ async def test_a_stalled_handshake_holds_up_no_one() -> None:
     queue: aioproc.Queue[int] = aioproc.Queue()
     hub = _hub_of(queue)
     stream, challenge = await _connect(hub)
-    answer = _hub._digest(hub.key, challenge) + os.getpid().to_bytes(8, "little")
+    answer = _hub.digest(hub.key, challenge) + os.getpid().to_bytes(8, "little")
     await stream.send(answer[:20])  # half the answer, then nothing for a while
     # Meanwhile a pool starts, its worker connects and is served, twice over.
     async with aioproc.ProcessPool(1) as pool:
@@ -206,7 +206,7 @@ WRITES = {
         "a HubReply message sent to the hub",
     ),
     "a cancel that cannot be answered": (
-        _wire.encode(_wire.HubCall(0, 0, _hub.OP_CANCEL, b"\xff" * 12)),
+        _wire.encode(_wire.HubCall(0, 0, _wire.OP_CANCEL, b"\xff" * 12)),
         "a cancel request of 12 bytes",
     ),
 }

@@ -25,7 +25,7 @@ import anyio.to_thread
 import pytest
 
 import aioproc
-from aioproc._core import _codec, _hub, _objects, _spawn, _wire
+from aioproc._core import _client, _codec, _hub, _objects, _spawn, _wire
 from tests import hostile_tasks, procs
 
 pytestmark = pytest.mark.anyio
@@ -243,7 +243,7 @@ def _connect_as(uid: int | None, address: str) -> int:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(TIMEOUT)
                 sock.connect(address)
-                code = 0 if sock.recv(_hub._CHALLENGE) else 13
+                code = 0 if sock.recv(_hub.CHALLENGE) else 13
         except ConnectionResetError:
             code = 13
         finally:
@@ -273,9 +273,9 @@ async def test_connecting_without_the_key_is_refused() -> None:
     assert hub is not None
     with anyio.fail_after(TIMEOUT):
         with pytest.raises(ConnectionError, match="refused"):
-            await anyio.to_thread.run_sync(_hub.Client, hub.address, os.urandom(32))
+            await anyio.to_thread.run_sync(_client.Client, hub.address, os.urandom(32))
         # The same client with the key is let in (so the refusal above was the key's).
-        client = await anyio.to_thread.run_sync(_hub.Client, hub.address, hub.key)
+        client = await anyio.to_thread.run_sync(_client.Client, hub.address, hub.key)
     _spawn.unregister_fds(client.fd)
     client.sock.close()
 
@@ -334,8 +334,8 @@ async def test_the_hub_names_a_peer_by_its_real_pid() -> None:
     def connect_and_lie() -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(hub.address)
-        challenge = sock.recv(_hub._CHALLENGE)
-        sock.sendall(_hub._digest(hub.key, challenge) + (1).to_bytes(8, "little"))
+        challenge = sock.recv(_hub.CHALLENGE)
+        sock.sendall(_hub.digest(hub.key, challenge) + (1).to_bytes(8, "little"))
         assert sock.recv(1) == b"\x01"  # let in
         return sock
 

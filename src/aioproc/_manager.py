@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING, Any
 
-from ._core import _codec, _objects
+from ._core import _codec, _wire
 from ._proxy import Proxy
 
 if TYPE_CHECKING:
@@ -34,15 +34,11 @@ class _Managed(Proxy):
         return _SYNC_VIEWS[type(self)](self)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        blob = await self._endpoint.call(
-            self._oid, _objects.OP_METHOD, _request(method, args, kwargs)
-        )
+        blob = await self._endpoint.call(self._oid, _wire.OP_METHOD, _request(method, args, kwargs))
         return pickle.loads(blob)
 
     def _call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        blob = self._endpoint.call_sync(
-            self._oid, _objects.OP_METHOD, _request(method, args, kwargs)
-        )
+        blob = self._endpoint.call_sync(self._oid, _wire.OP_METHOD, _request(method, args, kwargs))
         return pickle.loads(blob)
 
 

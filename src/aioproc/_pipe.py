@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ._core import _objects
+from ._core import _client, _wire
 from ._exceptions import ClosedResourceError, EndOfStream
 from ._proxy import Proxy
 from ._queue import _UNTYPED, _Codec
@@ -50,7 +50,7 @@ class Connection(Proxy, Generic[T]):
     async def send(self, obj: T) -> None:
         """Send ``obj`` to the other end (never waits: a pipe is unbounded)."""
         self._check()
-        await self._endpoint.call(self._oid, _objects.OP_PUT, self._codec.encode(obj))
+        await self._endpoint.call(self._oid, _wire.OP_PUT, self._codec.encode(obj))
 
     async def recv(self) -> T:
         """Receive the next object.
@@ -60,19 +60,19 @@ class Connection(Proxy, Generic[T]):
         """
         self._check()
         blob = await self._endpoint.call(
-            self._oid, _objects.OP_GET, undo=(self._oid, _objects.OP_PUT_FRONT, True)
+            self._oid, _wire.OP_GET, undo=_client.Undo.put_back(self._oid)
         )
         return self._codec.decode(blob)  # type: ignore[no-any-return]
 
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Send raw bytes (read them with ``recv_bytes``)."""
         self._check()
-        await self._endpoint.call(self._oid, _objects.OP_PUT, bytes(data))
+        await self._endpoint.call(self._oid, _wire.OP_PUT, bytes(data))
 
     async def recv_bytes(self) -> bytes:
         self._check()
         return await self._endpoint.call(
-            self._oid, _objects.OP_GET, undo=(self._oid, _objects.OP_PUT_FRONT, True)
+            self._oid, _wire.OP_GET, undo=_client.Undo.put_back(self._oid)
         )
 
     def close(self) -> None:
@@ -112,26 +112,26 @@ class ConnectionSync(Generic[T]):
     def send(self, obj: T) -> None:
         c = self._conn
         c._check()
-        c._endpoint.call_sync(c._oid, _objects.OP_PUT, c._codec.encode(obj))
+        c._endpoint.call_sync(c._oid, _wire.OP_PUT, c._codec.encode(obj))
 
     def recv(self, timeout: float | None = None) -> T:
         c = self._conn
         c._check()
         blob = c._endpoint.call_sync(
-            c._oid, _objects.OP_GET, b"", timeout, undo=(c._oid, _objects.OP_PUT_FRONT, True)
+            c._oid, _wire.OP_GET, b"", timeout, undo=_client.Undo.put_back(c._oid)
         )
         return c._codec.decode(blob)  # type: ignore[no-any-return]
 
     def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
         c = self._conn
         c._check()
-        c._endpoint.call_sync(c._oid, _objects.OP_PUT, bytes(data))
+        c._endpoint.call_sync(c._oid, _wire.OP_PUT, bytes(data))
 
     def recv_bytes(self, timeout: float | None = None) -> bytes:
         c = self._conn
         c._check()
         return c._endpoint.call_sync(
-            c._oid, _objects.OP_GET, b"", timeout, undo=(c._oid, _objects.OP_PUT_FRONT, True)
+            c._oid, _wire.OP_GET, b"", timeout, undo=_client.Undo.put_back(c._oid)
         )
 
     def close(self) -> None:
@@ -153,10 +153,7 @@ def Pipe(duplex: bool = True, *, type: Any = _UNTYPED) -> tuple[Connection[Any],
     With ``duplex=False``, ``a`` can only receive and ``b`` can only send (as
     ``multiprocessing.Pipe``). ``type`` makes both ends typed, as for :class:`Queue`.
     """
-    from ._core import _hub
-
-    address, key = _hub.default_address()
-    endpoint = _hub.endpoint(address, key)
+    endpoint = _client.default_endpoint()
     oids = endpoint.create("pipe", {"duplex": bool(duplex)})
     ends = []
     for oid in oids:

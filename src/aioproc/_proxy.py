@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import weakref
 from typing import Any
 
-from ._core import _hub, _objects
+from ._core import _client, _wire
 
 
-def _release(endpoint: _hub.Endpoint, oids: tuple[int, ...]) -> None:
+def _release(endpoint: _client.Endpoint, oids: tuple[int, ...]) -> None:
     for oid in oids:
+        # Broad on purpose, as in a __del__: this runs from the garbage collector, at any
+        # point of any thread, or at exit; a failure (a hub gone) has nowhere to go.
         with contextlib.suppress(Exception):
-            endpoint.post(oid, _hub.OP_DETACH)
+            endpoint.detach(oid)
 
 
 class Proxy:
@@ -27,19 +28,18 @@ class Proxy:
 
     _kind = "object"
 
-    _endpoint: _hub.Endpoint
+    _endpoint: _client.Endpoint
     _oid: int
     _extra: dict[str, Any]
     _finalizer: weakref.finalize[Any, Any]
 
     def _create(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> list[int]:
-        address, key = _hub.default_address()
-        endpoint = _hub.endpoint(address, key)
+        endpoint = _client.default_endpoint()
         oids = endpoint.create(self._kind, params)
         self._bind(endpoint, oids[0], extra or {})
         return oids
 
-    def _bind(self, endpoint: _hub.Endpoint, oid: int, extra: dict[str, Any]) -> None:
+    def _bind(self, endpoint: _client.Endpoint, oid: int, extra: dict[str, Any]) -> None:
         self._endpoint = endpoint
         self._oid = oid
         self._extra = extra
@@ -47,13 +47,9 @@ class Proxy:
 
     def __reduce__(self) -> tuple[Any, ...]:
         endpoint = self._endpoint
-        if endpoint.hub is not None:
-            # Whoever receives this will connect: serve connections from this loop.
-            endpoint.hub.ensure_attached()
         # The pickle holds a handle of its own until the receiver adopts it, so the object
         # survives its sender closing or dropping its proxy meanwhile.
-        token = os.urandom(8)
-        endpoint.post(self._oid, _hub.OP_TRANSIT, token)
+        token = endpoint.hand_over(self._oid)
         args = (type(self), endpoint.address, endpoint.key, self._oid, self._extra, token)
         return (_rebuild, args)
 
@@ -62,7 +58,7 @@ class Proxy:
 
     def _stats(self) -> dict[str, Any]:
         """The object's statistics as the hub reports them."""
-        data: dict[str, Any] = pickle.loads(self._endpoint.call_sync(self._oid, _objects.OP_STATS))
+        data: dict[str, Any] = pickle.loads(self._endpoint.call_sync(self._oid, _wire.OP_STATS))
         return data
 
     def _close_handle(self) -> None:
@@ -75,8 +71,8 @@ class Proxy:
 def _rebuild(
     cls: type[Proxy], address: str, key: bytes, oid: int, extra: dict[str, Any], token: bytes
 ) -> Proxy:
-    endpoint = _hub.endpoint(address, key)
-    endpoint.post(oid, _hub.OP_ADOPT, token)
+    endpoint = _client.Endpoint(address, key)
+    endpoint.adopt(oid, token)
     obj = cls.__new__(cls)
     obj._bind(endpoint, oid, extra)
     obj._rebuilt()

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from ._core import _codec, _objects
+from ._core import _client, _codec, _wire
 from ._exceptions import AioprocError, EndOfStream, SerializationError, ValidationError
 from ._proxy import Proxy
 
@@ -122,7 +122,7 @@ class Queue(Proxy, Generic[T]):
         # Puts on an unbounded queue need no answer: the shortest route to the hub.
         client = self._endpoint.client
         poster = client.post if client is not None else self._endpoint.post
-        self._post = functools.partial(poster, self._oid, _objects.OP_PUT)
+        self._post = functools.partial(poster, self._oid, _wire.OP_PUT)
 
     @property
     def maxsize(self) -> int:
@@ -141,7 +141,7 @@ class Queue(Proxy, Generic[T]):
         if self._maxsize == 0:
             self._post(blob)  # unbounded: nothing to wait for
         else:
-            await self._endpoint.call(self._oid, _objects.OP_PUT, blob)
+            await self._endpoint.call(self._oid, _wire.OP_PUT, blob)
 
     def put_nowait(self, item: T) -> None:
         """Put ``item`` or raise ``aioproc.WouldBlock`` (a ``queue.Full``) if full."""
@@ -149,7 +149,7 @@ class Queue(Proxy, Generic[T]):
         if self._maxsize == 0:
             self._post(blob)
         else:
-            self._endpoint.call_sync(self._oid, _objects.OP_PUT_NOWAIT, blob)
+            self._endpoint.call_sync(self._oid, _wire.OP_PUT_NOWAIT, blob)
 
     async def get(self) -> T:
         """Remove and return the next item; wait while the queue is empty.
@@ -158,29 +158,22 @@ class Queue(Proxy, Generic[T]):
             EndOfStream: the queue is closed and empty.
             ValidationError: (typed queue) the message does not match the type.
         """
-        hub = self._endpoint.hub
-        if hub is not None and hub.backend is not None:
-            # Fast path in the hosting process: an item is already there, take it.
-            state = hub.objects.get(self._oid)
-            if isinstance(state, _objects.QueueState) and state.items:
-                blob = state.items.popleft()
-                if state.putters:
-                    state.admit()
-                    hub.flush()
-                return self._codec.decode(blob)  # type: ignore[no-any-return]
-        blob = await self._endpoint.call(
-            self._oid, _objects.OP_GET, undo=(self._oid, _objects.OP_PUT_FRONT, True)
-        )
+        # Fast path in the hosting process: an item is already there, take it.
+        blob = self._endpoint.take_ready(self._oid)
+        if blob is None:
+            blob = await self._endpoint.call(
+                self._oid, _wire.OP_GET, undo=_client.Undo.put_back(self._oid)
+            )
         return self._codec.decode(blob)  # type: ignore[no-any-return]
 
     def get_nowait(self) -> T:
         """Return the next item or raise ``aioproc.WouldBlock`` (a ``queue.Empty``)."""
-        blob = self._endpoint.call_sync(self._oid, _objects.OP_GET_NOWAIT)
+        blob = self._endpoint.call_sync(self._oid, _wire.OP_GET_NOWAIT)
         return self._codec.decode(blob)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the queue for every process: no more puts; gets drain what is left."""
-        self._endpoint.call_sync(self._oid, _objects.OP_CLOSE)
+        self._endpoint.call_sync(self._oid, _wire.OP_CLOSE)
 
     def statistics(self) -> QueueStatistics:
         stats = self._stats()
@@ -217,12 +210,12 @@ class QueueSync(Generic[T]):
         if q._maxsize == 0:
             q._post(blob)
         else:
-            q._endpoint.call_sync(q._oid, _objects.OP_PUT, blob, timeout)
+            q._endpoint.call_sync(q._oid, _wire.OP_PUT, blob, timeout)
 
     def get(self, timeout: float | None = None) -> T:
         q = self._queue
         blob = q._endpoint.call_sync(
-            q._oid, _objects.OP_GET, b"", timeout, undo=(q._oid, _objects.OP_PUT_FRONT, True)
+            q._oid, _wire.OP_GET, b"", timeout, undo=_client.Undo.put_back(q._oid)
         )
         return q._codec.decode(blob)  # type: ignore[no-any-return]
 

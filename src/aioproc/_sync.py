@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._core import _objects
+from ._core import _client, _objects, _wire
 from ._proxy import Proxy
 
 if TYPE_CHECKING:
@@ -89,20 +89,18 @@ class _Acquirable(Proxy):
             LockOwnerDiedError: (Lock) the previous holder died holding it; the lock is
                 free now, and this call did not acquire it.
         """
-        await self._endpoint.call(
-            self._oid, _objects.OP_ACQUIRE, undo=(self._oid, _objects.OP_RELEASE, False)
-        )
+        await self._endpoint.call(self._oid, _wire.OP_ACQUIRE, undo=_client.Undo.release(self._oid))
         return True
 
     def acquire_nowait(self) -> None:
         """Acquire at once or raise ``aioproc.WouldBlock``."""
         from ._exceptions import WouldBlock
 
-        if self._endpoint.call_sync(self._oid, _objects.OP_TRY_ACQUIRE) != _objects.TRUE:
+        if self._endpoint.call_sync(self._oid, _wire.OP_TRY_ACQUIRE) != _objects.TRUE:
             raise WouldBlock(f"the {self._kind} is not available")
 
     def release(self) -> None:
-        self._endpoint.call_sync(self._oid, _objects.OP_RELEASE)
+        self._endpoint.call_sync(self._oid, _wire.OP_RELEASE)
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -130,10 +128,10 @@ class _AcquirableSync:
         _check_timeout(timeout)
         t = self._target
         if not blocking:
-            return t._endpoint.call_sync(t._oid, _objects.OP_TRY_ACQUIRE) == _objects.TRUE
+            return t._endpoint.call_sync(t._oid, _wire.OP_TRY_ACQUIRE) == _objects.TRUE
         try:
             t._endpoint.call_sync(
-                t._oid, _objects.OP_ACQUIRE, b"", timeout, undo=(t._oid, _objects.OP_RELEASE, False)
+                t._oid, _wire.OP_ACQUIRE, b"", timeout, undo=_client.Undo.release(t._oid)
             )
         except TimeoutError:
             return False
@@ -212,16 +210,16 @@ class Event(Proxy):
         return _EventSync(self)
 
     def set(self) -> None:
-        self._endpoint.post(self._oid, _objects.OP_SET)
+        self._endpoint.post(self._oid, _wire.OP_SET)
 
     def clear(self) -> None:
-        self._endpoint.post(self._oid, _objects.OP_CLEAR)
+        self._endpoint.post(self._oid, _wire.OP_CLEAR)
 
     def is_set(self) -> bool:
         return bool(self._stats()["is_set"])
 
     async def wait(self) -> bool:
-        await self._endpoint.call(self._oid, _objects.OP_WAIT)
+        await self._endpoint.call(self._oid, _wire.OP_WAIT)
         return True
 
     def statistics(self) -> EventStatistics:
@@ -246,7 +244,7 @@ class _EventSync:
         _check_timeout(timeout)
         e = self._event
         try:
-            e._endpoint.call_sync(e._oid, _objects.OP_WAIT, b"", timeout)
+            e._endpoint.call_sync(e._oid, _wire.OP_WAIT, b"", timeout)
         except TimeoutError:
             return False
         return True
@@ -294,8 +292,8 @@ class Condition(Proxy):
         try:
             await self._endpoint.call(
                 self._oid,
-                _objects.OP_COND_WAIT,
-                undo=(self._lock._oid, _objects.OP_RELEASE, False),
+                _wire.OP_COND_WAIT,
+                undo=_client.Undo.release(self._lock._oid),
             )
         except Exception:
             raise  # refused (the lock was not held): nothing was released
@@ -315,7 +313,7 @@ class Condition(Proxy):
 
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters (they return once they hold the lock again)."""
-        self._endpoint.call_sync(self._oid, _objects.OP_NOTIFY, n.to_bytes(8, "little"))
+        self._endpoint.call_sync(self._oid, _wire.OP_NOTIFY, n.to_bytes(8, "little"))
 
     def notify_all(self) -> None:
         self.notify(2**62)
@@ -347,10 +345,10 @@ class _ConditionSync:
         try:
             c._endpoint.call_sync(
                 c._oid,
-                _objects.OP_COND_WAIT,
+                _wire.OP_COND_WAIT,
                 b"",
                 timeout,
-                undo=(c._lock._oid, _objects.OP_RELEASE, False),
+                undo=_client.Undo.release(c._lock._oid),
             )
         except TimeoutError:
             c._lock.sync.acquire()
@@ -391,14 +389,14 @@ class Barrier(Proxy):
         Raises:
             BrokenBarrierError: the barrier was aborted or reset while waiting.
         """
-        value = await self._endpoint.call(self._oid, _objects.OP_BARRIER_WAIT)
+        value = await self._endpoint.call(self._oid, _wire.OP_BARRIER_WAIT)
         return int.from_bytes(value, "little")
 
     def abort(self) -> None:
-        self._endpoint.call_sync(self._oid, _objects.OP_ABORT)
+        self._endpoint.call_sync(self._oid, _wire.OP_ABORT)
 
     def reset(self) -> None:
-        self._endpoint.call_sync(self._oid, _objects.OP_RESET)
+        self._endpoint.call_sync(self._oid, _wire.OP_RESET)
 
     @property
     def n_waiting(self) -> int:
@@ -420,7 +418,7 @@ class _BarrierSync:
         _check_timeout(timeout)
         b = self._barrier
         value = b._endpoint.call_sync(
-            b._oid, _objects.OP_BARRIER_WAIT, b"", None if timeout is None else timeout
+            b._oid, _wire.OP_BARRIER_WAIT, b"", None if timeout is None else timeout
         )
         return int.from_bytes(value, "little")
 

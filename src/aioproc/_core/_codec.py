@@ -560,7 +560,7 @@ def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
         found after all, plain pickled bytes and None.
     """
 
-    from . import _hub
+    from . import _client  # the hub sits above the codec (_core/__init__.py)
 
     buffers: list[pickle.PickleBuffer] = []
 
@@ -591,8 +591,8 @@ def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
             how = _MAP
         layout.append((offset, raw.nbytes, how))
         offset += (raw.nbytes + 4095) & ~4095  # page-aligned, so each can be mapped alone
-    address, key = _hub.default_address()
-    endpoint = _hub.endpoint(address, key)
+    endpoint = _client.default_endpoint()
+    address, key = endpoint.address, endpoint.key
     (oid,) = endpoint.create("shm", {"size": offset})
     fd = endpoint.get_fd(oid)
     try:
@@ -607,7 +607,7 @@ def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
     envelope = OutOfBand(data, address, key, oid, layout)
 
     def release() -> None:
-        endpoint.post(oid, _hub.OP_DETACH)
+        endpoint.detach(oid)
 
     return envelope, release
 
@@ -632,35 +632,33 @@ def dumps_result(obj: object) -> bytes:
     The block is created by this process; a transit token passes its handle to whoever
     unpickles the envelope, and this process lets go of its own.
     """
-    from . import _hub
+    from . import _client  # the hub sits above the codec (_core/__init__.py)
 
-    if not has_big_buffers(obj) or _hub.known_address() is None:
+    if not has_big_buffers(obj) or _client.known_address() is None:
         return dumps(obj)  # no hub the parent serves: through the pipe
     envelope, release = dumps_large(obj)
     if isinstance(envelope, bytes):
         return envelope
 
-    token = os.urandom(8)
-    _hub.endpoint(envelope.address, envelope.key).post(envelope.oid, _hub.OP_TRANSIT, token)
-    envelope.token = token
+    envelope.token = _client.Endpoint(envelope.address, envelope.key).hand_over(envelope.oid)
     release()
     return _pickle_dumps(envelope, _PROTOCOL)
 
 
 def load_large(oob: OutOfBand) -> Any:
     """Unpickle an :class:`OutOfBand` envelope, mapping its block of shared memory."""
-    from . import _hub
+    from . import _client, _role  # the hub sits above the codec (_core/__init__.py)
 
-    if _hub.in_worker and _hub.known_address() is None:
-        _hub.set_default(oob.address, oob.key)  # now we know where the parent's hub is
-    endpoint = _hub.endpoint(oob.address, oob.key)
+    if _role.in_worker and _client.known_address() is None:
+        _role.set_default(oob.address, oob.key)  # now we know where the parent's hub is
+    endpoint = _client.Endpoint(oob.address, oob.key)
     if oob.token:  # a result: take over the sender's handle, and let go once mapped
-        endpoint.post(oob.oid, _hub.OP_ADOPT, oob.token)
+        endpoint.adopt(oob.oid, oob.token)
     try:
         fd = endpoint.get_fd(oob.oid)
     finally:
         if oob.token:
-            endpoint.post(oob.oid, _hub.OP_DETACH)
+            endpoint.detach(oob.oid)
     try:
         buffers: list[Any] = []
         for start, size, how in oob.layout:

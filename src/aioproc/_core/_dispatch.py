@@ -57,7 +57,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import PoolClosedError, SerializationError, WorkerDiedError
-from . import _codec, _hub, _spawn, _wire
+from . import _client, _codec, _hub, _role, _spawn, _wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -1013,9 +1013,9 @@ def _hub_settings() -> dict[str, Any]:
     creates a queue must be able to hand it back, which only a hub that the parent's event
     loop serves allows.
     """
-    known = _hub.known_address()
+    known = _client.known_address()
     if known is None:
-        if _hub.in_worker:
+        if _role.in_worker:
             return {}
         hub = _hub.local_hub()
         hub.ensure_attached()

@@ -52,7 +52,7 @@ def main() -> NoReturn:
     # too (functions from a script's __main__ arrive by value and need it to load).
     import cloudpickle  # noqa: F401
 
-    from . import _hub, _worker  # noqa: F401
+    from . import _client, _worker  # noqa: F401
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()

@@ -1,4 +1,4 @@
-"""The IPC hub: where Queues, Pipes, Locks, Events... live, and how processes reach them.
+"""The IPC hub: where Queues, Pipes, Locks, Events... live, and how it serves other processes.
 
 One process hosts every IPC object: the first process that creates one (normally the
 program's main process; workers are told its address when they start). The hosting
@@ -7,26 +7,36 @@ process serves other processes from its own event loop::
     any process                                       hosting process
     ───────────                                       ───────────────
     proxy ─ Client ── HubCall(rid, oid, op, arg) ──▶  Hub ─▶ state machine (_objects)
-            (one unix    ◀── HubReply(rid, status) ──      │   parks or completes waiters
-             socket)                                       ▼
+     (_client)         ◀── HubReply(rid, status) ──    │   parks or completes waiters
+            (one unix socket)                          ▼
                                                      local proxies call the state directly
+                                                     (_client.Endpoint)
 
-- A local operation (in the hosting process) touches the state machine directly: an
-  uncontended lock or a queue get costs no I/O at all.
-- A remote operation is one request and one reply on the process's connection, read by
-  the event loop of that process (``add_reader``) or, for the blocking ``.sync`` views, by
-  the calling thread. Posts (rid 0) ask for no reply: puts on an unbounded queue stream
-  without waiting.
-- Cancellation keeps objects consistent: a cancelled waiter is withdrawn (``CANCEL``),
-  and a value granted just before the withdrawal arrived (an item, a lock) is handed back
-  (``OP_PUT_FRONT``, ``OP_RELEASE``). The hub answers every ``CANCEL`` after any grant for
-  the same request, so the client always knows which of the two happened.
+This module is the server: the listening socket, the handshake, each connection's buffers,
+the handles each process holds, and the dispatch of operations to the state machines. How a
+process calls it (over a connection, or directly in the hosting process), and how a
+request is withdrawn or undone when its caller gives up, is ``_client``.
+
+- A remote operation is one request and one reply on the process's connection, read here by
+  the hosting process's event loop (``add_reader``) or, while a blocking ``.sync`` call of
+  the hosting process waits, by that call (:meth:`Hub.pump`). Posts (rid 0) ask for no
+  reply: puts on an unbounded queue stream without waiting.
+- Cancellation keeps objects consistent: a withdrawn request (``OP_CANCEL``) is removed
+  from its object, and the hub answers every ``OP_CANCEL`` after any grant for the same
+  request, so the client always knows which of the two happened (and gives back a grant).
 - When a process's connection closes (it exited or died), its handles are dropped, its
   waiters withdrawn, and locks it held are freed and marked "owner died".
 - A connection that breaks the protocol (a frame that does not decode, a length over
   ``MAX_FRAME``, a message only a hub sends) is dropped as if its process had died: the
   hub logs why on the ``aioproc`` logger and tells the process, whose calls then raise
   ``ClosedResourceError`` with the reason. Every other connection is served on.
+
+Invariants:
+- An object's ``handles`` is the sum of every connection's ``handles[oid]``, the hosting
+  process's own handles, and the handles in transit (``transits``); it goes when that sum
+  reaches 0.
+- A request with a rid is in its connection's ``waiting`` from its arrival until it is
+  answered or withdrawn; nothing answers a rid that is not there.
 
 Security: the socket is bound in Linux's abstract namespace under a random name: there is
 no file, so nothing is left behind however the process ends (the kernel drops the name
@@ -35,12 +45,18 @@ asks the kernel who connected (``SO_PEERCRED``) and drops a peer of another user
 saying anything; then a client proves it knows the hub's 32-byte key (HMAC-SHA256 of a
 random challenge) before any pickle is exchanged. The handshake is read without blocking
 like any other traffic: a peer that connects and says nothing delays no one.
+
+Tunables:
+- ``_HANDSHAKE_TIMEOUT`` (30 s): how long a peer may take to answer the challenge. A child
+  answers at once; a stranger must not hold a connection forever.
+- ``_READ`` (256 KiB): one read of a connection; more frames per wake-up, more memory.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -48,46 +64,49 @@ import pickle
 import select
 import socket
 import struct
-import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ClosedResourceError, SerializationError
-from . import _objects, _spawn, _wire
+from . import _objects, _role, _spawn, _wire
+from ._wire import (
+    OP_ADOPT,
+    OP_ATTACH,
+    OP_CANCEL,
+    OP_CREATE,
+    OP_DETACH,
+    OP_GETFD,
+    OP_PUT,
+    OP_TRANSIT,
+    STATUS_CANCELLED,
+    STATUS_DROPPED,
+    STATUS_ERROR,
+    STATUS_OK,
+)
 
 if TYPE_CHECKING:
-    from ._loop import Backend, Future
+    from collections.abc import Callable
 
-__all__ = ("HOST", "Endpoint", "Hub", "endpoint", "local_hub", "set_default")
+    from ._loop import Backend
 
-OP_CREATE, OP_ATTACH, OP_DETACH, OP_CANCEL, OP_TRANSIT, OP_ADOPT = 94, 91, 92, 93, 95, 96
-OP_GETFD = 97  # the reply carries the object's file descriptor (SCM_RIGHTS)
-STATUS_OK, STATUS_ERROR, STATUS_CANCELLED = 0, 1, 2
-STATUS_DROPPED = 3  # rid 0: the hub is closing this connection; the value says why (utf-8)
+__all__ = ("CHALLENGE", "Hub", "digest", "hosted", "local_hub")
 
 _READ = 1 << 18
-_CHALLENGE = 32
+CHALLENGE = 32  # bytes of the challenge a client answers
 _ANSWER = 40  # HMAC-SHA256 of the challenge, then the client's pid (8 bytes)
-# A peer that has not answered the challenge by then is dropped: a child answers at once,
-# and a stranger that connects and stays silent must not keep a connection forever.
 _HANDSHAKE_TIMEOUT = 30.0
-_FLUSH_AT = 1 << 18  # pending posts written by the caller itself past this size
-_RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 _log = logging.getLogger("aioproc")
 
-
-class _Host:
-    """The owner of what the hosting process itself holds."""
-
-    pid = os.getpid()
+# What removing a descriptor from an event loop raises when the loop has closed since
+# (RuntimeError) or no longer knows the descriptor (OSError, ValueError).
+LOOP_GONE = (OSError, RuntimeError, ValueError)
 
 
-HOST = _Host()
-
-
-def _digest(key: bytes, challenge: bytes) -> bytes:
+def digest(key: bytes, challenge: bytes) -> bytes:
+    """The answer to ``challenge`` that proves knowledge of ``key``."""
     import hmac  # here: a worker that uses no IPC object never loads OpenSSL's hashes
 
     return hmac.new(key, challenge, "sha256").digest()
@@ -96,63 +115,14 @@ def _digest(key: bytes, challenge: bytes) -> bytes:
 def _error_bytes(exc: object) -> bytes:
     try:
         return pickle.dumps(exc, 5)
+    # Broad on purpose: pickling runs the exception's own __reduce__ (a user class).
     except Exception:
         return pickle.dumps(RuntimeError(repr(exc)), 5)
 
 
-# --- waiters -----------------------------------------------------------------------------
-
-
-class _LocalWaiter:
-    """A waiter for an operation of the hosting process itself."""
-
-    __slots__ = ("error", "event", "future", "gone", "owner", "value")
-
-    def __init__(self, future: Future | None = None, event: threading.Event | None = None):
-        self.owner = HOST
-        self.future = future
-        self.event = event
-        self.value: bytes | None = None
-        self.error: BaseException | None = None
-        self.gone = False
-
-    def finished(self) -> bool:
-        return self.value is not None or self.error is not None
-
-    def resolve(self, value: bytes) -> bool:
-        if self.gone or self.finished():
-            return False
-        future = self.future
-        if future is not None and future.done():  # its task was cancelled
-            return False
-        self.value = value
-        if future is not None:
-            future.set_result(None)
-        if self.event is not None:
-            self.event.set()
-        return True
-
-    def fail(self, exc: BaseException) -> None:
-        if self.gone or self.finished():
-            return
-        future = self.future
-        if future is not None and future.done():
-            return
-        self.error = exc
-        if future is not None:
-            future.set_result(None)
-        if self.event is not None:
-            self.event.set()
-
-    def result(self) -> bytes:
-        if self.error is not None:
-            raise self.error
-        assert self.value is not None
-        return self.value
-
-
-class _RemoteWaiter:
-    """A waiter for a request that came over a connection."""
+class _RemoteReply:
+    """The waiter the state machines see for a request that came over a connection: it
+    answers on that connection."""
 
     __slots__ = ("conn", "oid", "owner", "rid")
 
@@ -183,9 +153,6 @@ class _RemoteWaiter:
             conn.reply(0, STATUS_ERROR, _error_bytes((self.oid, exc)))
 
 
-# --- the hosting side ---------------------------------------------------------------------
-
-
 class _Conn:
     """The hub's end of one process's connection."""
 
@@ -206,7 +173,7 @@ class _Conn:
         self.writing = False
         self.closed = False
         self.handles: collections.Counter[int] = collections.Counter()
-        self.waiting: dict[int, tuple[int, _RemoteWaiter]] = {}  # rid -> (oid, waiter)
+        self.waiting: dict[int, _RemoteReply] = {}  # rid -> its reply, until answered
 
     def reply(self, rid: int, status: int, value: bytes) -> None:
         _wire.encode_into(_wire.HubReply(rid, status, value), self.outbuf)
@@ -242,24 +209,39 @@ class Hub:
         self.transits: dict[int, int] = {}
         self.adopted_early: set[int] = set()
         self.conns: dict[int, _Conn] = {}
-        self.dirty: set[_Conn] = set()
+        self.dirty: set[_Conn] = set()  # connections with replies to write
         self.backend: Backend | None = None
         self.loop_thread: int | None = None
         self.pid = os.getpid()
         self._finalizer = weakref.finalize(self, _close_listener, self.listener)
 
-    # --- objects --------------------------------------------------------------------------
+    # --- objects and handles ---------------------------------------------------------------
 
-    def create(self, state: _objects.State) -> int:
-        oid = next(self.oids)
-        self.objects[oid] = state
-        return oid
+    def get(self, oid: int) -> _objects.State:
+        """The state of object ``oid``.
 
-    def attach(self, oid: int, conn: _Conn | None = None) -> None:
+        Raises:
+            ClosedResourceError: it no longer exists (its last handle is gone).
+        """
         state = self.objects.get(oid)
         if state is None:
             raise ClosedResourceError("the object no longer exists")
-        state.handles += 1
+        return state
+
+    def create_from(self, spec: bytes) -> list[int]:
+        """Create an object described by a pickled (kind, params); return its oid(s), each
+        with one handle (the creator's)."""
+        kind, params = pickle.loads(spec)
+        oids = []
+        for state in _objects.create(kind, params, self.objects):
+            state.oid = oid = next(self.oids)
+            state.handles += 1
+            self.objects[oid] = state
+            oids.append(oid)
+        return oids
+
+    def attach(self, oid: int, conn: _Conn | None = None) -> None:
+        self.get(oid).handles += 1
         if conn is not None:
             conn.handles[oid] += 1
 
@@ -290,25 +272,29 @@ class Hub:
             conn.handles[oid] -= 1
         state.handles -= 1
         if state.handles <= 0:
-            if isinstance(state, _objects.PipeEndState):
-                state.close()
-                peer = state.peer
-                if peer is not None and peer.closed:
-                    self._forget_pipe(oid, state)
-            else:
-                del self.objects[oid]
-                state.release()
+            for gone in state.release():
+                self.objects.pop(gone.oid, None)
 
-    def _forget_pipe(self, oid: int, state: _objects.PipeEndState) -> None:
-        for key, value in list(self.objects.items()):
-            if value is state or value is state.peer:
-                del self.objects[key]
+    def handle_op(self, op: int, oid: int, arg: bytes, conn: _Conn | None = None) -> bool:
+        """Apply ``op`` if it is about handles (attach, detach, transit, adopt), for
+        ``conn``'s process or (None) this one's; False if it is not."""
+        if op == OP_DETACH:
+            self.detach(oid, conn)
+        elif op == OP_ATTACH:
+            self.attach(oid, conn)
+        elif op == OP_TRANSIT:
+            self.transit(oid, int.from_bytes(arg, "little"))
+        elif op == OP_ADOPT:
+            self.adopt(oid, int.from_bytes(arg, "little"), conn)
+        else:
+            return False
+        return True
 
-    # --- the event loop -------------------------------------------------------------------
+    # --- the event loop --------------------------------------------------------------------
 
     def ensure_attached(self) -> None:
         """Serve connections from the event loop running in this thread, if any."""
-        from ._loop import current_backend  # not at import: workers need no asyncio
+        from ._loop import current_backend  # not at import: _loop imports asyncio
 
         try:
             backend = current_backend()
@@ -318,23 +304,22 @@ class Hub:
             return
         old = self.backend
         if old is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*LOOP_GONE):
                 old.remove_reader(self.listener.fileno())
-                for conn in self.conns.values():
+            for conn in self.conns.values():
+                with contextlib.suppress(*LOOP_GONE):
                     old.remove_reader(conn.fd)
         self.backend = backend
         self.loop_thread = threading.get_ident()
         backend.add_reader(self.listener.fileno(), self._accept)
         for conn in self.conns.values():
-            backend.add_reader(conn.fd, functools_partial(self._on_readable, conn))
+            backend.add_reader(conn.fd, functools.partial(self._on_readable, conn))
 
     def _accept(self) -> None:
         while True:
             try:
                 sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # nothing more to accept (BlockingIOError), or closed
                 return
             uid = _peer_uid(sock)
             if uid != os.geteuid():
@@ -346,7 +331,7 @@ class Hub:
             # The challenge goes out now; the answer is read by _on_readable when it comes,
             # so a silent or slow peer blocks neither this loop nor other connections.
             sock.setblocking(False)
-            challenge = os.urandom(_CHALLENGE)
+            challenge = os.urandom(CHALLENGE)
             try:
                 sock.send(challenge)  # a fresh socket's buffer has room for 32 bytes
             except OSError:
@@ -356,9 +341,9 @@ class Hub:
             self.conns[conn.fd] = conn
             _spawn.register_fds(conn.fd)
             if self.backend is not None and self.loop_thread == threading.get_ident():
-                self.backend.add_reader(conn.fd, functools_partial(self._on_readable, conn))
+                self.backend.add_reader(conn.fd, functools.partial(self._on_readable, conn))
                 conn.deadline = self.backend.call_later(
-                    _HANDSHAKE_TIMEOUT, functools_partial(self._handshake_overdue, conn)
+                    _HANDSHAKE_TIMEOUT, functools.partial(self._handshake_overdue, conn)
                 )
 
     def _handshake_overdue(self, conn: _Conn) -> None:
@@ -388,9 +373,9 @@ class Hub:
         conn.answer += data
         if len(conn.answer) < _ANSWER:
             return
-        import hmac
+        import hmac  # see digest()
 
-        if not hmac.compare_digest(conn.answer[:32], _digest(self.key, challenge)):
+        if not hmac.compare_digest(conn.answer[:32], digest(self.key, challenge)):
             _log.warning("aioproc hub: refused a connection that does not know the key")
             self._lost(conn)
             return
@@ -424,23 +409,18 @@ class Hub:
             for msg in conn.reader.feed(data):
                 if type(msg) is not hub_call:
                     raise SerializationError(f"a {type(msg).__name__} message sent to the hub")
-                if msg.rid == 0 and msg.op == _objects.OP_PUT:
+                if msg.rid == 0 and msg.op == OP_PUT:
                     # Fast path for the bulk of queue traffic: a post to a queue with room
                     # and nobody waiting is an append.
                     state = objects.get(msg.oid)
-                    if (
-                        type(state) is queue_state
-                        and not state.getters
-                        and not state.closed
-                        and not state.full()
-                    ):
-                        state.items.append(msg.arg)
+                    if type(state) is queue_state and state.try_post(msg.arg):
                         continue
                 self._dispatch(conn, msg)
+        # Broad on purpose: framing lost, or a message no hub accepts or can answer (or a
+        # bug here, logged with its traceback): that peer loses its connection; nothing
+        # escapes into the event loop (or into a blocking call serving the hub), and
+        # other processes are served on.
         except Exception as exc:
-            # Framing lost, or a message no hub accepts or can answer: that peer is broken
-            # or hostile. It loses its connection; nothing escapes into the event loop (or
-            # into a blocking call serving the hub), and other processes are served on.
             self._drop(conn, exc)
         self.flush()
 
@@ -466,37 +446,25 @@ class Hub:
             if len(msg.arg) != 8:
                 raise SerializationError(f"a cancel request of {len(msg.arg)} bytes, not 8")
             target = int.from_bytes(msg.arg, "little")
-            entry = conn.waiting.pop(target, None)
-            if entry is not None:
-                state = self.objects.get(entry[0])
+            withdrawn = conn.waiting.pop(target, None)
+            if withdrawn is not None:
+                state = self.objects.get(withdrawn.oid)
                 if state is not None:
-                    state.cancel(entry[1])
+                    state.cancel(withdrawn)
             conn.reply(target, STATUS_CANCELLED, b"")
             return
-        waiter = _RemoteWaiter(conn, rid, msg.oid)
+        reply = _RemoteReply(conn, rid, msg.oid)
         try:
+            if self.handle_op(op, msg.oid, msg.arg, conn):
+                return  # posts: no answer
             if op == OP_CREATE:
                 oids = self.create_from(msg.arg)
                 conn.handles.update(oids)
                 if rid:
-                    conn.waiting[rid] = (0, waiter)
-                    waiter.resolve(pickle.dumps(oids, 5))
+                    conn.waiting[rid] = reply
+                    reply.resolve(pickle.dumps(oids, 5))
                 return
-            if op == OP_ATTACH:
-                self.attach(msg.oid, conn)
-                return
-            if op == OP_TRANSIT:
-                self.transit(msg.oid, int.from_bytes(msg.arg, "little"))
-                return
-            if op == OP_ADOPT:
-                self.adopt(msg.oid, int.from_bytes(msg.arg, "little"), conn)
-                return
-            if op == OP_DETACH:
-                self.detach(msg.oid, conn)
-                return
-            state = self.objects.get(msg.oid)
-            if state is None:
-                raise ClosedResourceError("the object no longer exists")
+            state = self.get(msg.oid)
             if op == OP_GETFD:
                 fd = getattr(state, "fd", None)
                 if fd is None:
@@ -504,23 +472,18 @@ class Hub:
                 conn.reply_fd(rid, fd)
                 return
             if rid:
-                conn.waiting[rid] = (msg.oid, waiter)
-            state.handle(op, msg.arg, waiter)
+                conn.waiting[rid] = reply
+            state.handle(op, msg.arg, reply)
+        # Broad on purpose: whatever the request made fail (a bad spec, an object gone,
+        # a user class's __reduce__ run by unpickling a creation spec) goes back to its
+        # sender as the answer.
         except Exception as exc:
             if rid:
-                conn.waiting[rid] = (msg.oid, waiter)
-            waiter.fail(exc)
-
-    def create_from(self, spec: bytes) -> list[int]:
-        """Create an object described by a pickled (kind, params); return its oid(s)."""
-        kind, params = pickle.loads(spec)
-        states = make_states(kind, params, self)
-        oids = [self.create(state) for state in states]
-        for oid in oids:
-            self.objects[oid].handles += 1
-        return oids
+                conn.waiting[rid] = reply
+            reply.fail(exc)
 
     def flush(self) -> None:
+        """Write the replies waiting in the connections' buffers."""
         dirty, self.dirty = self.dirty, set()
         for conn in dirty:
             self._send(conn)
@@ -551,7 +514,7 @@ class Hub:
                 entry[0] -= n
         if outbuf and self.backend is not None:
             conn.writing = True
-            self.backend.add_writer(conn.fd, functools_partial(self._on_writable, conn))
+            self.backend.add_writer(conn.fd, functools.partial(self._on_writable, conn))
 
     def _on_writable(self, conn: _Conn) -> None:
         conn.writing = False
@@ -568,20 +531,22 @@ class Hub:
             conn.deadline.cancel()
             conn.deadline = None
         self.conns.pop(conn.fd, None)
-        if self.backend is not None:
-            with contextlib.suppress(Exception):
-                self.backend.remove_reader(conn.fd)
-                if conn.writing:
-                    self.backend.remove_writer(conn.fd)
+        backend = self.backend
+        if backend is not None:
+            with contextlib.suppress(*LOOP_GONE):
+                backend.remove_reader(conn.fd)
+            if conn.writing:
+                with contextlib.suppress(*LOOP_GONE):
+                    backend.remove_writer(conn.fd)
         _spawn.unregister_fds(conn.fd)
         conn.sock.close()
         for _, _, fd in conn.fd_frames:
             os.close(fd)
         conn.fd_frames.clear()
-        for oid, waiter in conn.waiting.values():
-            state = self.objects.get(oid)
+        for reply in conn.waiting.values():
+            state = self.objects.get(reply.oid)
             if state is not None:
-                state.cancel(waiter)
+                state.cancel(reply)
         conn.waiting.clear()
         for state in list(self.objects.values()):
             state.owner_gone(conn)
@@ -592,15 +557,13 @@ class Hub:
 
     # --- blocking calls in the hosting process ---------------------------------------------
 
-    def pump(self, waiter: _LocalWaiter, deadline: float | None) -> None:
-        """Serve connections from this thread until ``waiter`` is done or time is up.
+    def pump(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Serve connections from this thread until ``done()`` or time is up.
 
         Used by ``.sync`` calls in the hosting process: while one blocks, its event loop
         (if any) cannot run, so the call serves the hub itself.
         """
-        import time
-
-        while not waiter.finished():
+        while not done():
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             poller = select.poll()  # not select(): no limit on fd numbers
             poller.register(self.listener.fileno(), select.POLLIN)
@@ -624,22 +587,20 @@ class Hub:
 
     def poll(self) -> None:
         """Serve whatever is pending now, without waiting (connections that ended go)."""
-        self.pump(_LocalWaiter(), 0.0)
+        self.pump(_never, 0.0)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
             self._lost(conn)
         if self.backend is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*LOOP_GONE):
                 self.backend.remove_reader(self.listener.fileno())
         _spawn.unregister_fds(self.listener.fileno())
         self._finalizer()
 
 
-def functools_partial(fn: Any, *args: Any) -> Any:
-    import functools
-
-    return functools.partial(fn, *args)
+def _never() -> bool:
+    return False
 
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -677,552 +638,9 @@ def _close_listener(listener: socket.socket) -> None:
         listener.close()
 
 
-def make_states(kind: str, params: dict[str, Any], hub: Hub) -> list[_objects.State]:
-    if kind == "queue":
-        return [_objects.QueueState(params["maxsize"])]
-    if kind == "lock":
-        return [_objects.LockState(1)]
-    if kind == "semaphore":
-        return [_objects.LockState(params["value"], semaphore=True, bounded=params["bounded"])]
-    if kind == "event":
-        return [_objects.EventState()]
-    if kind == "condition":
-        lock = hub.objects.get(params["lock"])
-        if not isinstance(lock, _objects.LockState):
-            raise ClosedResourceError("the condition's lock no longer exists")
-        return [_objects.ConditionState(lock)]
-    if kind == "barrier":
-        return [_objects.BarrierState(params["parties"])]
-    if kind == "shm":
-        return [_objects.SharedMemoryState(params["size"])]
-    if kind in ("dict", "list", "namespace"):
-        return [_objects.ContainerState(kind, params.get("initial"))]
-    if kind == "pipe":
-        duplex = params["duplex"]
-        a = _objects.PipeEndState(readable=True, writable=duplex)
-        b = _objects.PipeEndState(readable=duplex, writable=True)
-        a.peer, b.peer = b, a
-        return [a, b]
-    raise ValueError(f"unknown object kind {kind!r}")
-
-
-# --- the client side ----------------------------------------------------------------------
-
-
-class _ClientWaiter:
-    __slots__ = ("cancelling", "done", "future", "status", "undo", "value")
-
-    def __init__(self, future: Future | None, undo: tuple[int, int, bool] | None) -> None:
-        self.future = future
-        self.undo = undo
-        self.cancelling = False
-        self.done = False
-        self.status = STATUS_OK
-        self.value = b""
-
-    def result(self) -> bytes:
-        if self.status == STATUS_ERROR:
-            raise pickle.loads(self.value)
-        if self.status == STATUS_CANCELLED:
-            raise ClosedResourceError("the request was cancelled")
-        return self.value
-
-
-class Client:
-    """This process's connection to a hub in another process."""
-
-    def __init__(self, address: str, key: bytes) -> None:
-        self.address = address
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(10.0)
-            sock.connect(address)
-            challenge = b""
-            while len(challenge) < _CHALLENGE:
-                chunk = sock.recv(_CHALLENGE - len(challenge))
-                if not chunk:
-                    raise ConnectionError("the hub closed the connection")
-                challenge += chunk
-            sock.sendall(_digest(key, challenge) + os.getpid().to_bytes(8, "little"))
-            if sock.recv(1) != b"\x01":
-                raise ConnectionError("the hub refused the connection")
-            sock.settimeout(None)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-        self.fd = sock.fileno()
-        _spawn.register_fds(self.fd)
-        self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
-        self.rids = itertools.count(1)
-        self.waiters: dict[int, _ClientWaiter] = {}
-        self.post_errors: dict[int, BaseException] = {}  # oid -> why a post to it failed
-        self.backend: Backend | None = None
-        self.lock = threading.RLock()  # one reader at a time
-        self.send_lock = threading.Lock()
-        self.io_lock = threading.Lock()
-        self.pending = bytearray()
-        self.idle = True
-        self.wake = threading.Event()
-        self.flusher: threading.Thread | None = None
-        self.fd_queue: collections.deque[int] = collections.deque()  # fds received, in order
-        self.lost = False
-        self.drop_reason: str | None = None  # why the hub dropped us, if it said so
-
-    # Writes. Posts (puts on an unbounded queue, set(), handle bookkeeping) are appended
-    # to ``pending`` and written by a flusher thread, so a producer putting many small
-    # items pays one syscall per batch, not per item. A request that wants an answer
-    # writes ``pending`` and itself at once, in order. ``send_lock`` guards ``pending``
-    # (held for an append); ``io_lock`` orders writes on the socket (held for a write).
-
-    def _send(self, msg: _wire.HubCall) -> None:
-        with self.io_lock:
-            with self.send_lock:
-                _wire.encode_into(msg, self.pending)
-                data, self.pending = self.pending, bytearray()
-            self._write(data)
-
-    def _write(self, data: bytes | bytearray) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            self.lost = True
-            if self.backend is None and self.lock.acquire(blocking=False):
-                # The hub closed the connection: its last words (why) may be waiting to be
-                # read. Not with an event loop, whose thread reads (this may be another).
-                try:
-                    self._read_available()
-                except Exception:
-                    pass
-                finally:
-                    self.lock.release()
-            raise self._lost_error(f": {exc}") from exc
-
-    def _lost_error(self, detail: str = "") -> ClosedResourceError:
-        """What calls raise once the connection is gone: the hub's reason, if it gave one."""
-        if self.drop_reason is not None:
-            return ClosedResourceError(
-                f"the aioproc hub dropped this process's connection: {self.drop_reason}"
-            )
-        return ClosedResourceError(f"lost the connection to the aioproc hub{detail}")
-
-    def post(self, oid: int, op: int, arg: bytes = b"") -> None:
-        """Send an operation that needs no answer (a failure is raised by the next post)."""
-        if self.post_errors or self.lost:
-            self._raise_post_error(oid)
-        with self.send_lock:
-            _wire.encode_into(_wire.HubCall(0, oid, op, arg), self.pending)
-            wake = self.idle
-            self.idle = False
-            large = len(self.pending) > _FLUSH_AT
-        if large:
-            self.flush()
-        elif wake:
-            if self.flusher is None:
-                self.flusher = threading.Thread(
-                    target=self._flush_loop, name="aioproc-hub-flusher", daemon=True
-                )
-                self.flusher.start()
-            self.wake.set()
-
-    def _raise_post_error(self, oid: int) -> None:
-        if self.lost:
-            raise self._lost_error()
-        error = self.post_errors.pop(oid, None)
-        if error is not None:
-            raise error
-
-    def flush(self) -> None:
-        """Write every pending post now."""
-        with self.io_lock:
-            with self.send_lock:
-                data, self.pending = self.pending, bytearray()
-            if data:
-                self._write(data)
-
-    def _flush_loop(self) -> None:
-        while not self.lost:
-            with self.io_lock:
-                with self.send_lock:
-                    data = self.pending
-                    if data:
-                        self.pending = bytearray()
-                    else:
-                        self.idle = True
-                        self.wake.clear()
-                if data:
-                    try:
-                        self._write(data)
-                    except ClosedResourceError:
-                        return
-                    self._read_errors()
-                    continue
-            self.wake.wait()
-
-    def _read_errors(self) -> None:
-        """Take in what the hub said about our posts (a put to a closed queue), so the next
-        post to that object raises. Only without an event loop, whose thread reads
-        otherwise, and only if no blocking call is reading right now."""
-        if self.backend is None and self.lock.acquire(blocking=False):
-            try:
-                self._read_available()
-            finally:
-                self.lock.release()
-
-    def _read_available(self) -> None:
-        while True:
-            try:
-                data, fds = _recv_with_fds(self.sock)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data, fds = b"", []
-            if fds:
-                self.fd_queue.extend(fds)
-            if not data:
-                self._lose()
-                return
-            for msg in self.reader.feed(data):
-                if isinstance(msg, _wire.HubReply):
-                    self._on_reply(msg)
-
-    def _lose(self) -> None:
-        self.lost = True
-        if self.backend is not None:
-            with contextlib.suppress(Exception):
-                self.backend.remove_reader(self.fd)
-        error = _error_bytes(self._lost_error())
-        for rid, waiter in list(self.waiters.items()):
-            del self.waiters[rid]
-            self._finish(waiter, STATUS_ERROR, error)
-
-    def _on_reply(self, msg: _wire.HubReply) -> None:
-        if msg.rid == 0 and msg.status == STATUS_DROPPED:
-            self.drop_reason = msg.value.decode(errors="replace")
-            return
-        if msg.rid == 0:
-            # A post failed; the next post to that object raises it.
-            with contextlib.suppress(Exception):
-                oid, error = pickle.loads(msg.value)
-                self.post_errors[oid] = error
-            return
-        waiter = self.waiters.get(msg.rid)
-        if waiter is None:
-            return
-        if waiter.cancelling:
-            if msg.status == STATUS_CANCELLED:
-                del self.waiters[msg.rid]
-            elif msg.status == STATUS_OK and waiter.undo is not None:
-                # Granted just before our cancel arrived: give it back.
-                oid, op, with_value = waiter.undo
-                self.post(oid, op, msg.value if with_value else b"")
-            return
-        del self.waiters[msg.rid]
-        self._finish(waiter, msg.status, msg.value)
-
-    def _finish(self, waiter: _ClientWaiter, status: int, value: bytes) -> None:
-        waiter.done = True
-        waiter.status = status
-        waiter.value = value
-        future = waiter.future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def call_sync(
-        self,
-        oid: int,
-        op: int,
-        arg: bytes = b"",
-        timeout: float | None = None,
-        undo: tuple[int, int, bool] | None = None,
-    ) -> bytes:
-        import time
-
-        rid = next(self.rids)
-        waiter = _ClientWaiter(None, undo)
-        self.waiters[rid] = waiter
-        self._send(_wire.HubCall(rid, oid, op, arg))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.lock:
-            while not waiter.done:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                readable, _, _ = select.select([self.sock], [], [], remaining)
-                if readable:
-                    self._read_available()
-                    continue
-                if self.lost:
-                    break
-                # Timed out: withdraw, and wait for the hub to say what became of it.
-                waiter.cancelling = True
-                self._send(_wire.HubCall(0, 0, OP_CANCEL, rid.to_bytes(8, "little")))
-                while rid in self.waiters:
-                    select.select([self.sock], [], [])
-                    self._read_available()
-                raise TimeoutError(f"timed out after {timeout} s")
-        return waiter.result()
-
-    def _attach(self) -> Backend:
-        from ._loop import current_backend
-
-        backend = current_backend()
-        if backend is not self.backend:
-            if self.backend is not None:
-                with contextlib.suppress(Exception):
-                    self.backend.remove_reader(self.fd)
-            self.backend = backend
-            backend.add_reader(self.fd, self._read_available)
-        return backend
-
-    async def call(
-        self, oid: int, op: int, arg: bytes = b"", undo: tuple[int, int, bool] | None = None
-    ) -> bytes:
-        backend = self._attach()
-        rid = next(self.rids)
-        waiter = _ClientWaiter(backend.create_future(), undo)
-        self.waiters[rid] = waiter
-        self._send(_wire.HubCall(rid, oid, op, arg))
-        try:
-            await waiter.future  # type: ignore[misc]
-        except BaseException:
-            if waiter.done:
-                if waiter.status == STATUS_OK and undo is not None:
-                    oid_, op_, with_value = undo
-                    self.post(oid_, op_, waiter.value if with_value else b"")
-            elif not self.lost:
-                waiter.cancelling = True
-                self._send(_wire.HubCall(0, 0, OP_CANCEL, rid.to_bytes(8, "little")))
-            raise
-        return waiter.result()
-
-
-# --- which hub, from here -----------------------------------------------------------------
-
-
-class Endpoint:
-    """How a proxy reaches its object: through the local hub or a client connection."""
-
-    __slots__ = ("address", "client", "hub", "key")
-
-    def __init__(self, address: str, key: bytes) -> None:
-        self.address = address
-        self.key = key
-        local = _local
-        if local is not None and local.address == address and local.pid == os.getpid():
-            self.hub: Hub | None = local
-            self.client: Client | None = None
-        else:
-            self.hub = None
-            client = _clients.get(address)
-            if client is None or client.lost:
-                client = _clients[address] = Client(address, key)
-            self.client = client
-
-    # -- operations --
-
-    async def call(
-        self, oid: int, op: int, arg: bytes = b"", undo: tuple[int, int, bool] | None = None
-    ) -> bytes:
-        hub = self.hub
-        if hub is None:
-            assert self.client is not None
-            return await self.client.call(oid, op, arg, undo)
-        hub.ensure_attached()
-        state = hub.objects.get(oid)
-        if state is None:
-            raise ClosedResourceError("the object no longer exists")
-        backend = hub.backend
-        assert backend is not None
-        waiter = _LocalWaiter(future=None)
-        state.handle(op, arg, waiter)
-        # What this did for other processes (a lock released to a remote waiter by a
-        # condition wait) must leave now, not once we are woken: they may be who wakes us.
-        hub.flush()
-        if not waiter.finished():
-            waiter.future = future = backend.create_future()
-            try:
-                await future
-            except BaseException:
-                if waiter.finished():
-                    if waiter.error is None and undo is not None:
-                        self._undo_local(undo, waiter.value or b"")
-                else:
-                    waiter.gone = True
-                    state.cancel(waiter)
-                raise
-            finally:
-                hub.flush()
-        hub.flush()
-        return waiter.result()
-
-    def _undo_local(self, undo: tuple[int, int, bool], value: bytes) -> None:
-        assert self.hub is not None
-        oid, op, with_value = undo
-        state = self.hub.objects.get(oid)
-        if state is not None:
-            state.handle(op, value if with_value else b"", _LocalWaiter())
-
-    def call_sync(
-        self,
-        oid: int,
-        op: int,
-        arg: bytes = b"",
-        timeout: float | None = None,
-        undo: tuple[int, int, bool] | None = None,
-    ) -> bytes:
-        hub = self.hub
-        if hub is None:
-            assert self.client is not None
-            return self.client.call_sync(oid, op, arg, timeout, undo)
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if hub.loop_thread not in (None, threading.get_ident()) and hub.backend is not None:
-            return self._call_from_thread(oid, op, arg, deadline, undo)
-        # Apply what other processes already sent first: a task whose result we just
-        # saw has written its puts before its result, and a close() must come after them.
-        hub.poll()
-        state = hub.objects.get(oid)
-        if state is None:
-            raise ClosedResourceError("the object no longer exists")
-        waiter = _LocalWaiter()
-        state.handle(op, arg, waiter)
-        hub.flush()
-        if not waiter.finished():
-            hub.pump(waiter, deadline)
-            if not waiter.finished():
-                waiter.gone = True
-                state.cancel(waiter)
-                raise TimeoutError(f"timed out after {timeout} s")
-        hub.flush()
-        return waiter.result()
-
-    def _call_from_thread(
-        self,
-        oid: int,
-        op: int,
-        arg: bytes,
-        deadline: float | None,
-        undo: tuple[int, int, bool] | None,
-    ) -> bytes:
-        # The hub belongs to an event loop running in another thread: run the operation
-        # there and block this thread on its outcome.
-        import time
-
-        hub = self.hub
-        assert hub is not None
-        assert hub.backend is not None
-        event = threading.Event()
-        waiter = _LocalWaiter(event=event)
-        lock = threading.Lock()
-
-        def start() -> None:
-            state = hub.objects.get(oid)
-            if state is None:
-                waiter.fail(ClosedResourceError("the object no longer exists"))
-                return
-            state.handle(op, arg, waiter)
-            hub.flush()
-
-        def withdraw() -> None:
-            with lock:
-                if waiter.finished():
-                    if waiter.error is None and undo is not None:
-                        self._undo_local(undo, waiter.value or b"")
-                else:
-                    waiter.gone = True
-                    state = hub.objects.get(oid)
-                    if state is not None:
-                        state.cancel(waiter)
-            hub.flush()
-
-        _threadsafe(hub.backend, start)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not event.wait(timeout):
-            _threadsafe(hub.backend, withdraw)
-            raise TimeoutError(f"timed out after {timeout} s")
-        return waiter.result()
-
-    def post(self, oid: int, op: int, arg: bytes = b"") -> None:
-        hub = self.hub
-        if hub is None:
-            assert self.client is not None
-            self.client.post(oid, op, arg)
-            return
-        if op == OP_ATTACH:
-            hub.attach(oid)
-        elif op == OP_DETACH:
-            hub.detach(oid)
-        elif op == OP_TRANSIT:
-            hub.transit(oid, int.from_bytes(arg, "little"))
-        elif op == OP_ADOPT:
-            hub.adopt(oid, int.from_bytes(arg, "little"))
-        else:
-            state = hub.objects.get(oid)
-            if state is None:
-                raise ClosedResourceError("the object no longer exists")
-            waiter = _LocalWaiter()
-            state.handle(op, arg, waiter)
-            if waiter.error is not None:
-                raise waiter.error
-        hub.flush()
-
-    def get_fd(self, oid: int) -> int:
-        """A file descriptor of this process for object ``oid`` (shared memory)."""
-        hub = self.hub
-        if hub is not None:
-            state = hub.objects.get(oid)
-            fd = getattr(state, "fd", None)
-            if fd is None:
-                raise ClosedResourceError("the object no longer exists")
-            return os.dup(fd)
-        client = self.client
-        assert client is not None
-        with client.lock:
-            client.call_sync(oid, OP_GETFD)
-            return client.fd_queue.popleft()
-
-    def create(self, kind: str, params: dict[str, Any]) -> list[int]:
-        """Create an object on this endpoint's hub; the caller holds one handle on each."""
-        hub = self.hub
-        spec = pickle.dumps((kind, params), 5)
-        if hub is not None:
-            hub.ensure_attached()
-            return hub.create_from(spec)
-        assert self.client is not None
-        oids: list[int] = pickle.loads(self.client.call_sync(0, OP_CREATE, spec))
-        return oids
-
-
-_FD_SPACE = socket.CMSG_SPACE(8 * 4)
-
-
-def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """Non-blocking read that keeps any descriptors sent along (socket.recv_fds of
-    Python 3.11 ignores its flags, so it would block)."""
-    data, ancdata, _, _ = sock.recvmsg(_READ, _FD_SPACE, _RECV_FLAGS)
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds.extend(
-                int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True)
-                for i in range(0, usable, 4)
-            )
-    return data, fds
-
-
-def _threadsafe(backend: Backend, fn: Any) -> None:
-    loop = getattr(backend, "loop", None)
-    if loop is not None:
-        loop.call_soon_threadsafe(fn)
-    else:
-        backend.call_soon(fn)  # trio's run_sync_soon is thread-safe
-
+# --- this process's hub --------------------------------------------------------------------
 
 _local: Hub | None = None
-_default: tuple[str, bytes] | None = None
-in_worker = False  # set in pool workers and Process children
-_clients: dict[str, Client] = {}
 _lock = threading.Lock()
 
 
@@ -1235,50 +653,20 @@ def local_hub() -> Hub:
         return _local
 
 
-def set_default(address: str, key: bytes) -> None:
-    """Objects created in this process live at ``address`` (a worker learns its parent's)."""
-    global _default
-    _default = (address, key)
-
-
-def default_address() -> tuple[str, bytes]:
-    """Where objects created here live: the parent's hub, or this process's own."""
-    if _default is not None:
-        return _default
-    hub = local_hub()
-    return hub.address, hub.key
-
-
-def known_address() -> tuple[str, bytes] | None:
-    """The hub address this process would hand on, without creating a hub."""
-    if _default is not None:
-        return _default
-    if in_worker:
-        return None  # a worker's own hub would not be served while it waits for tasks
+def hosted() -> Hub | None:
+    """This process's hub if it has one (never creates it)."""
     local = _local
     if local is not None and local.pid == os.getpid():
-        local.ensure_attached()  # children will connect: serve them from this loop
-        return local.address, local.key
+        return local
     return None
 
 
-def endpoint(address: str, key: bytes) -> Endpoint:
-    return Endpoint(address, key)
-
-
-def flush_clients() -> None:
-    """Write what this process posted and has not sent yet (before it exits)."""
-    for client in list(_clients.values()):
-        with contextlib.suppress(Exception):
-            client.flush()
-
-
 def _after_fork_in_child() -> None:
-    global _local, _default
+    global _local
     local = _local
     if local is not None:
-        if _default is None:
-            _default = (local.address, local.key)
+        if _role.parent_hub() is None:
+            _role.set_default(local.address, local.key)  # the parent hosts our objects
         # The parent's shared-memory blocks stay the parent's: a forked worker that kept
         # their descriptors would pin the memory for its whole life, long after the
         # parent freed the block. Mappings are not affected, and a proxy asks the hub
@@ -1289,7 +677,6 @@ def _after_fork_in_child() -> None:
                     os.close(state.fd)
                 state.fd = None
     _local = None
-    _clients.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

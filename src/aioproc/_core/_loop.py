@@ -48,6 +48,7 @@ class Backend(Protocol):
     def add_writer(self, fd: int, callback: Callable[[], object]) -> object: ...
     def remove_writer(self, fd: int) -> object: ...
     def call_soon(self, callback: Callable[[], object]) -> object: ...
+    def call_soon_threadsafe(self, callback: Callable[[], object]) -> object: ...
     def call_later(self, delay: float, callback: Callable[[], object]) -> Handle: ...
     def create_future(self) -> Future: ...
     def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle: ...
@@ -81,6 +82,10 @@ class AsyncioBackend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def call_soon_threadsafe(self, callback: Callable[[], object]) -> object:
+        """Call ``callback`` soon in this loop's thread (from any thread)."""
+        return self.loop.call_soon_threadsafe(callback)
 
     def is_running(self) -> bool:
         return not self.loop.is_closed() and self.loop.is_running()
@@ -243,6 +248,10 @@ class TrioBackend:
 
     def create_future(self) -> TrioFuture:
         return TrioFuture()
+
+    def call_soon_threadsafe(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` soon in this run's thread (from any thread)."""
+        self._token.run_sync_soon(callback)
 
     def is_running(self) -> bool:
         try:

@@ -1,10 +1,12 @@
 """The state of every IPC object, as the hub keeps it.
 
-Each class is a small state machine driven by operations (``OP_*``) that arrive from any
-process. An operation either completes at once or parks a *waiter*; a later operation
-completes parked waiters. A waiter is anything with ``resolve(value) -> bool`` (False when
-nobody is left to receive the value: the next waiter is tried) and ``fail(exc)``; the hub
-supplies waiters for local tasks, blocking calls and remote requests alike.
+Each class is a small state machine driven by operations (``OP_*``, in ``_wire``) that
+arrive from any process. An operation either completes at once or parks a *waiter*; a later
+operation completes parked waiters. A waiter is anything with ``resolve(value) -> bool``
+(False when nobody is left to receive the value: the next waiter is tried) and
+``fail(exc)``; the hub supplies waiters for local tasks, blocking calls and remote requests
+alike. Each class is registered under its ``kind``, the name a proxy creates it by
+(:func:`create`).
 
 Values are bytes: an item as its sender encoded it, or a small pickled result. Nothing here
 does I/O or knows about event loops.
@@ -14,14 +16,16 @@ Invariants:
 - A lock is held by at most one owner; ``owner_died`` is set only while the lock is free.
 - A cancelled waiter is removed before anything else happens to the object, so a value is
   never handed to a waiter that is gone (a value granted just before the cancellation is
-  returned by the canceller: see ``_hub``).
+  returned by the canceller: see ``_client``).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import pickle
-from typing import Any, Protocol
+import types
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .._exceptions import (
     BrokenBarrierError,
@@ -32,13 +36,31 @@ from .._exceptions import (
     QueueFull,
     WouldBlock,
 )
+from . import _codec
+from ._wire import (
+    OP_ABORT,
+    OP_ACQUIRE,
+    OP_BARRIER_WAIT,
+    OP_CLEAR,
+    OP_CLOSE,
+    OP_COND_WAIT,
+    OP_GET,
+    OP_GET_NOWAIT,
+    OP_METHOD,
+    OP_NOTIFY,
+    OP_PUT,
+    OP_PUT_FRONT,
+    OP_PUT_NOWAIT,
+    OP_RELEASE,
+    OP_RESET,
+    OP_SET,
+    OP_STATS,
+    OP_TRY_ACQUIRE,
+    OP_WAIT,
+)
 
-OP_PUT, OP_PUT_NOWAIT, OP_GET, OP_GET_NOWAIT, OP_CLOSE, OP_PUT_FRONT = 1, 2, 3, 4, 5, 6
-OP_ACQUIRE, OP_TRY_ACQUIRE, OP_RELEASE = 10, 11, 12
-OP_SET, OP_CLEAR, OP_WAIT = 30, 31, 32
-OP_COND_WAIT, OP_NOTIFY = 40, 41
-OP_BARRIER_WAIT, OP_ABORT, OP_RESET = 50, 51, 52
-OP_STATS = 90
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 OK = b""
 TRUE = b"\x01"
@@ -68,10 +90,16 @@ def _give(waiters: collections.deque[Any], value: bytes) -> bool:
 class State:
     """Base: an object's handles (processes using it) and the waiters it parks."""
 
-    kind = "object"
+    kind: ClassVar[str] = "object"
 
     def __init__(self) -> None:
         self.handles = 0
+        self.oid = 0  # its id at the hub (set when the hub takes it in)
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        """The states a proxy's creation request makes (``objects``: those already hosted)."""
+        raise NotImplementedError
 
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         raise NotImplementedError
@@ -85,8 +113,13 @@ class State:
     def stats(self) -> dict[str, Any]:
         return {}
 
-    def release(self) -> None:
-        """The last handle is gone: free what the object holds."""
+    def release(self) -> list[State]:
+        """The last handle is gone: free what the object holds.
+
+        Returns:
+            the objects the hub forgets now: this one, as a rule.
+        """
+        return [self]
 
     def unsupported(self, op: int, waiter: Waiter) -> None:
         waiter.fail(ValueError(f"operation {op} is not supported by a {self.kind}"))
@@ -110,8 +143,34 @@ class QueueState(State):
         self.putters: collections.deque[tuple[Waiter, bytes]] = collections.deque()
         self.closed = False
 
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        return [cls(params["maxsize"])]
+
     def full(self) -> bool:
         return 0 < self.maxsize <= len(self.items)
+
+    def try_post(self, item: bytes) -> bool:
+        """Append ``item`` if that is all a put would do (room, nobody waiting, open).
+
+        The hub's fast path for the bulk of queue traffic, posts from other processes.
+        """
+        if self.getters or self.closed or self.full():
+            return False
+        self.items.append(item)
+        return True
+
+    def try_get(self) -> bytes | None:
+        """Take the next item if one is there, letting in a waiting putter; else None.
+
+        The fast path of a get in the hosting process: no waiter, no request.
+        """
+        if not self.items:
+            return None
+        item = self.items.popleft()
+        if self.putters:
+            self.admit()
+        return item
 
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         if op == OP_PUT or op == OP_PUT_NOWAIT:
@@ -181,18 +240,20 @@ class LockState(State):
     """A lock; with ``value`` > 1 (or ``bounded``) the same machine is a semaphore."""
 
     kind = "lock"
+    semaphore = False  # a semaphore may be released by anyone, and has no "owner died"
 
-    def __init__(self, value: int = 1, *, semaphore: bool = False, bounded: bool = False):
+    def __init__(self, value: int = 1, *, bounded: bool = False):
         super().__init__()
         self.value = value
         self.initial = value
-        self.semaphore = semaphore
         self.bounded = bounded
         self.owners: collections.Counter[object] = collections.Counter()
         self.waiters: collections.deque[Waiter] = collections.deque()
         self.owner_died = False
-        if semaphore:
-            self.kind = "semaphore"
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        return [cls(1)]
 
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         if op == OP_ACQUIRE or op == OP_TRY_ACQUIRE:
@@ -262,6 +323,15 @@ class LockState(State):
         }
 
 
+class SemaphoreState(LockState):
+    kind = "semaphore"
+    semaphore = True
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        return [cls(params["value"], bounded=params["bounded"])]
+
+
 class EventState(State):
     kind = "event"
 
@@ -269,6 +339,10 @@ class EventState(State):
         super().__init__()
         self.flag = False
         self.waiters: collections.deque[Waiter] = collections.deque()
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        return [cls()]
 
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         if op == OP_SET:
@@ -318,6 +392,13 @@ class ConditionState(State):
         self.lock = lock
         self.waiters: collections.deque[Waiter] = collections.deque()
 
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        lock = objects.get(params["lock"])
+        if not isinstance(lock, LockState):
+            raise ClosedResourceError("the condition's lock no longer exists")
+        return [cls(lock)]
+
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         lock = self.lock
         if op == OP_COND_WAIT:
@@ -357,6 +438,10 @@ class BarrierState(State):
         self.waiters: list[Waiter] = []
         self.broken = False
 
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        return [cls(params["parties"])]
+
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         if op == OP_BARRIER_WAIT:
             if self.broken:
@@ -390,7 +475,7 @@ class BarrierState(State):
 class PipeEndState(State):
     """One end of a Pipe: what the other end sent to it, and who waits to read it."""
 
-    kind = "connection"
+    kind = "pipe"  # created in pairs: a pipe is its two ends
 
     def __init__(self, readable: bool, writable: bool) -> None:
         super().__init__()
@@ -401,16 +486,31 @@ class PipeEndState(State):
         self.getters: collections.deque[Waiter] = collections.deque()
         self.closed = False
 
-    def close(self) -> None:
-        """The last handle of this end is gone: the peer reads what is left, then EOF."""
-        if self.closed:
-            return
-        self.closed = True
-        self.inbox.clear()
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        duplex = params["duplex"]
+        a = cls(readable=True, writable=duplex)
+        b = cls(readable=duplex, writable=True)
+        a.peer, b.peer = b, a
+        return [a, b]
+
+    def release(self) -> list[State]:
+        """The last handle of this end is gone: the peer reads what is left, then EOF.
+
+        An end outlives its handles while its peer is open (the peer's puts and gets look
+        at it); both are forgotten together, once neither has a handle.
+        """
+        if not self.closed:
+            self.closed = True
+            self.inbox.clear()
+            peer = self.peer
+            if peer is not None:
+                while peer.getters:
+                    peer.getters.popleft().fail(EndOfStream())
         peer = self.peer
-        if peer is not None:
-            while peer.getters:
-                peer.getters.popleft().fail(EndOfStream())
+        if peer is not None and peer.closed:
+            return [self, peer]
+        return []
 
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         peer = self.peer
@@ -466,15 +566,17 @@ class SharedMemoryState(State):
     has unmapped it, crash or not.
     """
 
-    kind = "shared memory"
+    kind = "shm"
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        import os
-
         self.size = size
         self.fd: int | None = os.memfd_create("aioproc", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, max(size, 1))
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        return [cls(params["size"])]
 
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         if op == OP_STATS:
@@ -482,15 +584,12 @@ class SharedMemoryState(State):
         else:
             self.unsupported(op, waiter)
 
-    def release(self) -> None:
-        import os
-
+    def release(self) -> list[State]:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        return [self]
 
-
-OP_METHOD = 60
 
 _ALLOWED: dict[str, frozenset[str]] = {
     "dict": frozenset(
@@ -544,18 +643,18 @@ class ContainerState(State):
     IndexError...) is sent back to the caller as itself.
     """
 
-    def __init__(self, kind: str, initial: Any) -> None:
+    def __init__(self, initial: Any) -> None:
         super().__init__()
-        self.kind = kind
-        self.allowed = _ALLOWED[kind]
-        if kind == "dict":
-            self.obj: Any = dict(initial or {})
-        elif kind == "list":
-            self.obj = list(initial or [])
-        else:
-            import types
+        self.allowed = _ALLOWED[self.kind]
+        self.obj: Any = self.build(initial)
 
-            self.obj = types.SimpleNamespace(**(initial or {}))
+    @staticmethod
+    def build(initial: Any) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+        return [cls(params.get("initial"))]
 
     def handle(self, op: int, arg: bytes, waiter: Waiter) -> None:
         if op == OP_STATS:
@@ -569,29 +668,82 @@ class ContainerState(State):
             if method not in self.allowed:
                 raise AttributeError(f"a managed {self.kind} has no method {method!r}")
             result = self.call(method, args, kwargs)
-            value = _dumps_value(result)
+            value = _codec.dumps(result)
+        # Broad on purpose: the method ran on a user's values (their __eq__, __hash__,
+        # __reduce__...); whatever it raised goes back to the caller as itself.
         except Exception as exc:
             waiter.fail(exc)
             return
         waiter.resolve(value)
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        obj = self.obj
-        if self.kind == "namespace":
-            if method == "__getattr__":
-                return getattr(obj, *args)
-            if method == "__setattr__":
-                return setattr(obj, *args)
-            if method == "__delattr__":
-                return delattr(obj, *args)
-            return dict(vars(obj))
-        result = getattr(obj, method)(*args, **kwargs)
+        result = getattr(self.obj, method)(*args, **kwargs)
         if method in ("keys", "values", "items"):
             return list(result)
         return result
 
 
-def _dumps_value(value: Any) -> bytes:
-    from . import _codec
+class DictState(ContainerState):
+    kind = "dict"
 
-    return _codec.dumps(value)
+    @staticmethod
+    def build(initial: Any) -> Any:
+        return dict(initial or {})
+
+
+class ListState(ContainerState):
+    kind = "list"
+
+    @staticmethod
+    def build(initial: Any) -> Any:
+        return list(initial or [])
+
+
+class NamespaceState(ContainerState):
+    kind = "namespace"
+
+    @staticmethod
+    def build(initial: Any) -> Any:
+        return types.SimpleNamespace(**(initial or {}))
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obj = self.obj
+        if method == "__getattr__":
+            return getattr(obj, *args)
+        if method == "__setattr__":
+            return setattr(obj, *args)
+        if method == "__delattr__":
+            return delattr(obj, *args)
+        return dict(vars(obj))
+
+
+#: Every kind of object, by the name a proxy creates it by.
+KINDS: dict[str, type[State]] = {
+    cls.kind: cls
+    for cls in (
+        QueueState,
+        LockState,
+        SemaphoreState,
+        EventState,
+        ConditionState,
+        BarrierState,
+        PipeEndState,
+        SharedMemoryState,
+        DictState,
+        ListState,
+        NamespaceState,
+    )
+}
+
+
+def create(kind: str, params: Mapping[str, Any], objects: Mapping[int, State]) -> list[State]:
+    """The new states for a creation request: one, or two for a pipe (its ends).
+
+    Raises:
+        ValueError: ``kind`` names no object.
+        ClosedResourceError: an object it refers to (a condition's lock) is gone.
+    """
+    cls = KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown object kind {kind!r}")
+    return cls.create(params, objects)

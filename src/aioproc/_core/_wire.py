@@ -181,9 +181,44 @@ class InitFailed(_Msg, tag=23):
 
 # --- IPC hub (any process <-> the process hosting the objects) ------------------------------
 
+# The operations of HubCall.op. Those below 90 act on an object's state (_objects); the
+# hub itself answers the rest (handles, creation, cancellation, descriptors).
+OP_PUT = 1  # queue, pipe end: put an item (waits while a bounded queue is full)
+OP_PUT_NOWAIT = 2
+OP_GET = 3  # queue, pipe end: take the next item (waits while empty)
+OP_GET_NOWAIT = 4
+OP_CLOSE = 5  # queue: no more puts; getters drain what is left
+OP_PUT_FRONT = 6  # queue, pipe end: give back an item granted to a get that was cancelled
+OP_ACQUIRE = 10  # lock, semaphore
+OP_TRY_ACQUIRE = 11
+OP_RELEASE = 12
+OP_SET = 30  # event
+OP_CLEAR = 31
+OP_WAIT = 32
+OP_COND_WAIT = 40  # condition: release its lock, wait for a notify, take the lock again
+OP_NOTIFY = 41
+OP_BARRIER_WAIT = 50
+OP_ABORT = 51
+OP_RESET = 52
+OP_METHOD = 60  # dict, list, namespace: call a method (pickled name, args, kwargs)
+OP_STATS = 90  # any object: its statistics (a pickled dict)
+OP_ATTACH = 91  # take one more handle on the object
+OP_DETACH = 92  # let go of a handle; the object goes with its last one
+OP_CANCEL = 93  # withdraw request ``arg`` (8 bytes, little-endian) of this connection
+OP_CREATE = 94  # create objects from a pickled (kind, params); the reply lists their oids
+OP_TRANSIT = 95  # a handle held by a pickled proxy until a receiver adopts it (token: arg)
+OP_ADOPT = 96  # the receiver takes over the handle in transit under token ``arg``
+OP_GETFD = 97  # the reply carries the object's file descriptor (SCM_RIGHTS)
+
+# The statuses of HubReply.status.
+STATUS_OK = 0
+STATUS_ERROR = 1  # the value is the pickled exception
+STATUS_CANCELLED = 2  # the answer to OP_CANCEL: the request was withdrawn, nothing granted
+STATUS_DROPPED = 3  # rid 0: the hub is closing this connection; the value says why (utf-8)
+
 
 class HubCall(_Msg, tag=32):
-    """Operation ``op`` on object ``oid``; ``rid`` 0 asks for no reply (a post)."""
+    """Operation ``op`` (an ``OP_*``) on object ``oid``; ``rid`` 0 asks for no reply (a post)."""
 
     rid: int
     oid: int
@@ -192,7 +227,12 @@ class HubCall(_Msg, tag=32):
 
 
 class HubReply(_Msg, tag=33):
-    """The answer to request ``rid``: ``status`` 0 ok, 1 error (pickled), 2 cancelled."""
+    """The answer to request ``rid``, with a ``STATUS_*``: 0 ok, 1 error (pickled), 2
+    cancelled, 3 (rid 0) the connection is being dropped (the value says why).
+
+    A reply of rid 0 and status 1 tells that a post failed: its value is the pickled
+    ``(oid, exception)``, raised by the next post to that object.
+    """
 
     rid: int
     status: int

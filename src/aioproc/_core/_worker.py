@@ -50,7 +50,7 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._exceptions import SerializationError
-from . import _codec, _wire
+from . import _client, _codec, _role, _wire
 
 if TYPE_CHECKING:
     import asyncio
@@ -182,9 +182,7 @@ def _watch_parent(task_fd: int) -> None:
 
 def flush_hub() -> None:
     """Write what this process posted to the IPC hub and has not sent yet."""
-    hub = sys.modules.get("aioproc._core._hub")
-    if hub is not None:
-        hub.flush_clients()
+    _client.flush_clients()
 
 
 class _Partials:
@@ -354,11 +352,9 @@ class Worker:
             # older than the parent's: take the parent's as it is now.
             os.environb.clear()
             os.environb.update(config.env)
-        from . import _hub
-
-        _hub.in_worker = True
+        _role.in_worker = True
         if config.hub:
-            _hub.set_default(config.hub, config.hub_key)
+            _role.set_default(config.hub, config.hub_key)
         self.max_tasks = config.max_tasks
         self.process = config.process
         self.concurrency = config.concurrency
@@ -433,9 +429,7 @@ class Worker:
                 stream.flush()
             except Exception:
                 pass
-        hub = sys.modules.get("aioproc._core._hub")
-        if hub is not None:
-            hub.flush_clients()
+        _client.flush_clients()
 
     def call(self, msg: _wire.Call) -> _wire.Message | None:
         """Run one Call; return the frame that answers it (None for streams, which reply

@@ -1,0 +1,631 @@
+"""The IPC objects' state machines (_objects), and the request lifecycle (_client) on them.
+
+Driven directly with recording waiters: no process, no event loop unless a test is about
+cancellation, and no socket but the hub's own listening one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+from typing import Any
+
+import pytest
+
+from aioproc._core import _client, _hub, _objects, _wire
+from aioproc._core._objects import FALSE, OK, TRUE
+from aioproc._exceptions import (
+    BrokenBarrierError,
+    ClosedResourceError,
+    EndOfStream,
+    LockOwnerDiedError,
+    QueueEmpty,
+    QueueFull,
+    WouldBlock,
+)
+
+
+class Waiter:
+    """Records what a state machine did with it; ``accept=False`` plays a waiter gone."""
+
+    def __init__(self, owner: object = "p1", *, accept: bool = True) -> None:
+        self.owner = owner
+        self.accept = accept
+        self.values: list[bytes] = []
+        self.errors: list[BaseException] = []
+
+    def resolve(self, value: bytes) -> bool:
+        if not self.accept:
+            return False
+        self.values.append(value)
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+
+    @property
+    def parked(self) -> bool:
+        return not self.values and not self.errors
+
+    @property
+    def value(self) -> bytes:
+        assert not self.errors, self.errors
+        (value,) = self.values
+        return value
+
+    @property
+    def error(self) -> BaseException:
+        assert not self.values, self.values
+        (error,) = self.errors
+        return error
+
+
+def _do(state: _objects.State, op: int, arg: bytes = b"", owner: object = "p1") -> Waiter:
+    waiter = Waiter(owner)
+    state.handle(op, arg, waiter)
+    return waiter
+
+
+def _one(kind: str, **params: Any) -> Any:
+    (state,) = _objects.create(kind, params, {})
+    return state
+
+
+# --- the registry -------------------------------------------------------------------------
+
+
+def test_every_kind_is_registered_under_its_own_name() -> None:
+    assert set(_objects.KINDS) == {
+        "queue",
+        "lock",
+        "semaphore",
+        "event",
+        "condition",
+        "barrier",
+        "pipe",
+        "shm",
+        "dict",
+        "list",
+        "namespace",
+    }
+    for kind, cls in _objects.KINDS.items():
+        assert cls.kind == kind
+
+
+def test_an_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown object kind 'nope'"):
+        _objects.create("nope", {}, {})
+
+
+def test_a_condition_needs_its_lock() -> None:
+    lock = _one("lock")
+    (cond,) = _objects.create("condition", {"lock": 7}, {7: lock})
+    assert cond.lock is lock
+    with pytest.raises(ClosedResourceError):
+        _objects.create("condition", {"lock": 8}, {7: lock})
+
+
+def test_unsupported_operations_fail_the_request() -> None:
+    assert isinstance(_do(_one("event"), _wire.OP_GET).error, ValueError)
+
+
+# --- queue --------------------------------------------------------------------------------
+
+
+def test_queue_put_then_get_in_order() -> None:
+    q = _one("queue", maxsize=0)
+    assert _do(q, _wire.OP_PUT, b"a").value == OK
+    assert _do(q, _wire.OP_PUT, b"b").value == OK
+    assert _do(q, _wire.OP_GET).value == b"a"
+    assert _do(q, _wire.OP_GET_NOWAIT).value == b"b"
+    assert isinstance(_do(q, _wire.OP_GET_NOWAIT).error, QueueEmpty)
+
+
+def test_a_waiting_getter_takes_the_put_directly() -> None:
+    q = _one("queue", maxsize=0)
+    getter = _do(q, _wire.OP_GET)
+    assert getter.parked
+    assert q.stats()["waiting_getters"] == 1
+    _do(q, _wire.OP_PUT, b"x")
+    assert getter.value == b"x"
+    assert not q.items
+    assert not q.getters
+
+
+def test_a_getter_gone_is_skipped_for_the_next() -> None:
+    q = _one("queue", maxsize=0)
+    gone = Waiter(accept=False)
+    q.handle(_wire.OP_GET, b"", gone)
+    getter = _do(q, _wire.OP_GET)
+    _do(q, _wire.OP_PUT, b"x")
+    assert getter.value == b"x"
+
+
+def test_a_full_queue_parks_putters_and_admits_them_in_order() -> None:
+    q = _one("queue", maxsize=1)
+    _do(q, _wire.OP_PUT, b"1")
+    assert q.full()
+    second = _do(q, _wire.OP_PUT, b"2")
+    third = _do(q, _wire.OP_PUT, b"3")
+    assert second.parked and third.parked
+    assert isinstance(_do(q, _wire.OP_PUT_NOWAIT, b"x").error, QueueFull)
+    assert _do(q, _wire.OP_GET).value == b"1"
+    assert second.value == OK  # admitted: its item is in
+    assert third.parked
+    assert list(q.items) == [b"2"]
+    assert q.try_get() == b"2"  # the fast path admits too
+    assert third.value == OK
+    assert list(q.items) == [b"3"]
+
+
+def test_put_front_gives_an_item_back_first_in_line() -> None:
+    q = _one("queue", maxsize=0)
+    _do(q, _wire.OP_PUT, b"b")
+    _do(q, _wire.OP_PUT_FRONT, b"a")
+    assert list(q.items) == [b"a", b"b"]
+
+
+def test_close_ends_waiters_and_lets_getters_drain() -> None:
+    q = _one("queue", maxsize=1)
+    _do(q, _wire.OP_PUT, b"1")
+    putter = _do(q, _wire.OP_PUT, b"2")
+    _do(q, _wire.OP_CLOSE)
+    assert isinstance(putter.error, ClosedResourceError)
+    assert isinstance(_do(q, _wire.OP_PUT, b"3").error, ClosedResourceError)
+    assert _do(q, _wire.OP_GET).value == b"1"
+    assert isinstance(_do(q, _wire.OP_GET).error, EndOfStream)
+    empty = _one("queue", maxsize=0)
+    getter = _do(empty, _wire.OP_GET)
+    _do(empty, _wire.OP_CLOSE)
+    assert isinstance(getter.error, EndOfStream)
+
+
+def test_queue_try_post_only_when_a_put_would_just_append() -> None:
+    q = _one("queue", maxsize=1)
+    assert q.try_post(b"a")
+    assert not q.try_post(b"b")  # full
+    q.items.clear()
+    getter = _do(q, _wire.OP_GET)
+    assert not q.try_post(b"c")  # someone waits: a put must hand it over
+    assert getter.parked
+    q.cancel(getter)
+    _do(q, _wire.OP_CLOSE)
+    assert not q.try_post(b"d")  # closed
+    assert q.try_get() is None
+
+
+def test_a_cancelled_getter_gets_nothing() -> None:
+    q = _one("queue", maxsize=0)
+    getter = _do(q, _wire.OP_GET)
+    q.cancel(getter)
+    _do(q, _wire.OP_PUT, b"x")
+    assert getter.parked
+    assert list(q.items) == [b"x"]
+
+
+def test_queue_stats() -> None:
+    q = _one("queue", maxsize=2)
+    _do(q, _wire.OP_PUT, b"x")
+    stats = pickle.loads(_do(q, _wire.OP_STATS).value)
+    assert stats == {
+        "size": 1,
+        "maxsize": 2,
+        "waiting_getters": 0,
+        "waiting_putters": 0,
+        "closed": False,
+    }
+
+
+# --- lock and semaphores -------------------------------------------------------------------
+
+
+def test_lock_grants_one_owner_and_wakes_the_next_on_release() -> None:
+    lock = _one("lock")
+    assert _do(lock, _wire.OP_ACQUIRE, owner="a").value == TRUE
+    waiting = _do(lock, _wire.OP_ACQUIRE, owner="b")
+    assert waiting.parked
+    assert _do(lock, _wire.OP_TRY_ACQUIRE, owner="c").value == FALSE
+    assert lock.stats() == {"locked": True, "owner_pid": None, "waiters": 1}
+    assert _do(lock, _wire.OP_RELEASE, owner="a").value == OK
+    assert waiting.value == TRUE
+    assert lock.owners["b"] == 1
+    assert lock.owners["a"] == 0
+
+
+def test_releasing_an_unlocked_lock_fails() -> None:
+    assert isinstance(_do(_one("lock"), _wire.OP_RELEASE).error, RuntimeError)
+
+
+def test_a_lock_released_by_another_process_is_taken_from_its_holder() -> None:
+    lock = _one("lock")
+    _do(lock, _wire.OP_ACQUIRE, owner="a")
+    assert _do(lock, _wire.OP_RELEASE, owner="b").value == OK
+    assert lock.value == 1
+    assert lock.owners["a"] == 0
+
+
+def test_a_dead_holder_frees_the_lock_and_the_next_acquirer_is_told() -> None:
+    lock = _one("lock")
+    _do(lock, _wire.OP_ACQUIRE, owner="dead")
+    waiting = _do(lock, _wire.OP_ACQUIRE, owner="b")
+    lock.owner_gone("dead")
+    assert isinstance(waiting.error, LockOwnerDiedError)
+    assert lock.value == 1  # free, and told once only
+    assert _do(lock, _wire.OP_ACQUIRE, owner="c").value == TRUE
+
+
+def test_owner_gone_with_nothing_held_changes_nothing() -> None:
+    lock = _one("lock")
+    _do(lock, _wire.OP_ACQUIRE, owner="a")
+    lock.owner_gone("b")
+    assert lock.value == 0
+    assert not lock.owner_died
+
+
+def test_a_cancelled_acquire_is_not_granted() -> None:
+    lock = _one("lock")
+    _do(lock, _wire.OP_ACQUIRE, owner="a")
+    waiting = _do(lock, _wire.OP_ACQUIRE, owner="b")
+    lock.cancel(waiting)
+    _do(lock, _wire.OP_RELEASE, owner="a")
+    assert waiting.parked
+    assert lock.value == 1
+
+
+def test_semaphore_counts_and_a_dead_holder_is_no_error() -> None:
+    sem = _one("semaphore", value=2, bounded=False)
+    assert _do(sem, _wire.OP_ACQUIRE, owner="a").value == TRUE
+    assert _do(sem, _wire.OP_ACQUIRE, owner="b").value == TRUE
+    waiting = _do(sem, _wire.OP_ACQUIRE, owner="c")
+    assert waiting.parked
+    sem.owner_gone("a")
+    assert waiting.value == TRUE
+    assert sem.stats() == {"value": 0, "waiters": 0}
+    _do(sem, _wire.OP_RELEASE, owner="b")
+    _do(sem, _wire.OP_RELEASE, owner="c")
+    assert _do(sem, _wire.OP_RELEASE, owner="c").value == OK  # unbounded: may go above 2
+    assert sem.value == 3
+
+
+def test_bounded_semaphore_refuses_a_release_too_many() -> None:
+    sem = _one("semaphore", value=1, bounded=True)
+    assert isinstance(_do(sem, _wire.OP_RELEASE).error, ValueError)
+    _do(sem, _wire.OP_ACQUIRE)
+    assert _do(sem, _wire.OP_RELEASE).value == OK
+
+
+# --- event, condition, barrier -------------------------------------------------------------
+
+
+def test_event_wakes_every_waiter_and_stays_set_until_cleared() -> None:
+    event = _one("event")
+    first, second = _do(event, _wire.OP_WAIT), _do(event, _wire.OP_WAIT)
+    cancelled = _do(event, _wire.OP_WAIT)
+    event.cancel(cancelled)
+    assert event.stats() == {"is_set": False, "waiters": 2}
+    _do(event, _wire.OP_SET)
+    assert first.value == second.value == TRUE
+    assert cancelled.parked
+    assert _do(event, _wire.OP_WAIT).value == TRUE
+    _do(event, _wire.OP_CLEAR)
+    assert _do(event, _wire.OP_WAIT).parked
+
+
+def test_condition_wait_releases_the_lock_and_takes_it_back_when_notified() -> None:
+    lock = _one("lock")
+    (cond,) = _objects.create("condition", {"lock": 1}, {1: lock})
+    assert isinstance(_do(cond, _wire.OP_COND_WAIT, owner="a").error, RuntimeError)
+    _do(lock, _wire.OP_ACQUIRE, owner="a")
+    waiting = _do(cond, _wire.OP_COND_WAIT, owner="a")
+    assert waiting.parked
+    assert lock.value == 1  # released while waiting
+    _do(lock, _wire.OP_ACQUIRE, owner="b")
+    assert _do(cond, _wire.OP_NOTIFY, (1).to_bytes(8, "little"), owner="b").value == OK
+    assert waiting.parked  # notified, but the lock is b's
+    _do(lock, _wire.OP_RELEASE, owner="b")
+    assert waiting.value == TRUE
+    assert lock.owners["a"] == 1
+
+
+def test_a_cancelled_condition_waiter_is_forgotten_even_once_notified() -> None:
+    lock = _one("lock")
+    (cond,) = _objects.create("condition", {"lock": 1}, {1: lock})
+    _do(lock, _wire.OP_ACQUIRE, owner="a")
+    waiting = _do(cond, _wire.OP_COND_WAIT, owner="a")
+    _do(lock, _wire.OP_ACQUIRE, owner="b")
+    _do(cond, _wire.OP_NOTIFY, owner="b")  # now waiting for the lock
+    assert len(lock.waiters) == 1
+    cond.cancel(waiting)
+    assert not lock.waiters
+    assert not cond.waiters
+
+
+def test_barrier_releases_its_parties_with_their_index() -> None:
+    barrier = _one("barrier", parties=2)
+    first = _do(barrier, _wire.OP_BARRIER_WAIT)
+    assert first.parked
+    second = _do(barrier, _wire.OP_BARRIER_WAIT)
+    assert int.from_bytes(first.value, "little") == 0
+    assert int.from_bytes(second.value, "little") == 1
+
+
+def test_an_aborted_barrier_is_broken_until_reset() -> None:
+    barrier = _one("barrier", parties=3)
+    waiting = _do(barrier, _wire.OP_BARRIER_WAIT)
+    cancelled = _do(barrier, _wire.OP_BARRIER_WAIT)
+    barrier.cancel(cancelled)
+    _do(barrier, _wire.OP_ABORT)
+    assert isinstance(waiting.error, BrokenBarrierError)
+    assert cancelled.parked
+    assert isinstance(_do(barrier, _wire.OP_BARRIER_WAIT).error, BrokenBarrierError)
+    stats = pickle.loads(_do(barrier, _wire.OP_STATS).value)
+    assert stats == {"parties": 3, "n_waiting": 0, "broken": True}
+    _do(barrier, _wire.OP_RESET)
+    assert _do(barrier, _wire.OP_BARRIER_WAIT).parked
+
+
+# --- pipe ----------------------------------------------------------------------------------
+
+
+def test_a_pipe_end_receives_what_the_other_sends() -> None:
+    a, b = _objects.create("pipe", {"duplex": True}, {})
+    getter = _do(a, _wire.OP_GET)
+    _do(b, _wire.OP_PUT, b"1")
+    _do(b, _wire.OP_PUT, b"2")
+    assert getter.value == b"1"
+    assert _do(a, _wire.OP_GET_NOWAIT).value == b"2"
+    assert isinstance(_do(a, _wire.OP_GET_NOWAIT).error, WouldBlock)
+    _do(a, _wire.OP_PUT, b"back")
+    assert _do(b, _wire.OP_GET).value == b"back"
+
+
+def test_a_one_way_pipe_refuses_the_other_direction() -> None:
+    a, b = _objects.create("pipe", {"duplex": False}, {})
+    assert isinstance(_do(a, _wire.OP_PUT, b"x").error, OSError)
+    assert isinstance(_do(b, _wire.OP_GET).error, OSError)
+
+
+def test_closing_an_end_gives_the_other_what_is_left_then_eof() -> None:
+    a, b = _objects.create("pipe", {"duplex": True}, {})
+    _do(b, _wire.OP_PUT, b"left")
+    assert b.release() == []  # a is open: b stays known until a goes too
+    assert isinstance(_do(a, _wire.OP_PUT, b"x").error, BrokenPipeError)
+    assert _do(a, _wire.OP_GET).value == b"left"
+    assert isinstance(_do(a, _wire.OP_GET).error, EndOfStream)
+    assert a.stats() == {"pending": 0, "waiting_receivers": 0, "peer_closed": True}
+    assert a.release() == [a, b]
+
+
+def test_a_waiting_receiver_gets_eof_when_the_other_end_closes() -> None:
+    a, b = _objects.create("pipe", {"duplex": True}, {})
+    getter = _do(a, _wire.OP_GET)
+    b.release()
+    assert isinstance(getter.error, EndOfStream)
+
+
+# --- shared memory and containers ----------------------------------------------------------
+
+
+def test_shared_memory_closes_its_descriptor_on_release() -> None:
+    shm = _one("shm", size=10)
+    fd = shm.fd
+    assert os.fstat(fd).st_size == 10
+    assert pickle.loads(_do(shm, _wire.OP_STATS).value) == {"size": 10}
+    assert shm.release() == [shm]
+    assert shm.fd is None
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
+
+
+def _method(state: _objects.State, method: str, *args: Any) -> Waiter:
+    return _do(state, _wire.OP_METHOD, pickle.dumps((method, args, {})))
+
+
+def test_a_dict_answers_its_methods_with_copies() -> None:
+    d = _one("dict", initial={"a": 1})
+    assert pickle.loads(_method(d, "__setitem__", "b", 2).value) is None
+    assert pickle.loads(_method(d, "keys").value) == ["a", "b"]
+    assert isinstance(_method(d, "__getitem__", "zz").error, KeyError)
+    assert isinstance(_method(d, "__class__").error, AttributeError)  # not allowed
+    assert pickle.loads(_do(d, _wire.OP_STATS).value) == {"kind": "dict"}
+
+
+def test_a_list_and_a_namespace() -> None:
+    items = _one("list", initial=None)
+    _method(items, "append", 3)
+    _method(items, "insert", 0, 1)
+    assert pickle.loads(_method(items, "copy").value) == [1, 3]
+    assert isinstance(_method(items, "index", 9).error, ValueError)
+    ns = _one("namespace", initial={"x": 1})
+    _method(ns, "__setattr__", "y", 2)
+    assert pickle.loads(_method(ns, "__getattr__", "x").value) == 1
+    assert pickle.loads(_method(ns, "copy").value) == {"x": 1, "y": 2}
+    assert isinstance(_method(ns, "__getattr__", "zz").error, AttributeError)
+
+
+# --- the hub's handles ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub() -> Any:
+    hub = _hub.Hub()
+    yield hub
+    hub.close()
+
+
+def _create(hub: _hub.Hub, kind: str, **params: Any) -> list[int]:
+    return hub.create_from(pickle.dumps((kind, params)))
+
+
+def test_an_object_goes_with_its_last_handle(hub: _hub.Hub) -> None:
+    (oid,) = _create(hub, "queue", maxsize=0)
+    hub.attach(oid)
+    hub.detach(oid)
+    assert oid in hub.objects
+    hub.detach(oid)
+    assert oid not in hub.objects
+    with pytest.raises(ClosedResourceError):
+        hub.get(oid)
+
+
+def test_a_handle_in_transit_keeps_the_object(hub: _hub.Hub) -> None:
+    (oid,) = _create(hub, "event")
+    hub.transit(oid, 1)
+    hub.detach(oid)  # the sender lets go before the receiver adopts
+    assert oid in hub.objects
+    hub.adopt(oid, 1)
+    hub.detach(oid)
+    assert oid not in hub.objects
+    (oid,) = _create(hub, "event")
+    hub.adopt(oid, 2)  # the receiver was faster than the sender's transit
+    hub.transit(oid, 2)
+    assert hub.objects[oid].handles == 2
+
+
+def test_pipe_ends_are_forgotten_together(hub: _hub.Hub) -> None:
+    a, b = _create(hub, "pipe", duplex=True)
+    hub.detach(a)
+    assert a in hub.objects and b in hub.objects  # b still reads a's state
+    hub.detach(b)
+    assert a not in hub.objects and b not in hub.objects
+
+
+# --- the request lifecycle, on this process's hub ------------------------------------------
+
+
+def _local(hub: _hub.Hub, oid: int, op: int, undo: _client.Undo | None = None) -> Any:
+    return _client._LocalRequest(hub, oid, op, b"", undo, _client._LocalReply())
+
+
+def test_a_blocking_request_that_times_out_is_withdrawn(hub: _hub.Hub) -> None:
+    (oid,) = _create(hub, "queue", maxsize=0)
+    with pytest.raises(TimeoutError):
+        _local(hub, oid, _wire.OP_GET, _client.Undo.put_back(oid)).run_sync(0.0)
+    state = hub.objects[oid]
+    assert not state.getters
+    hub.get(oid).handle(_wire.OP_PUT, b"x", Waiter())
+    assert list(state.items) == [b"x"]
+
+
+def test_a_granted_request_abandoned_gives_it_back(hub: _hub.Hub) -> None:
+    (oid,) = _create(hub, "queue", maxsize=0)
+    state = hub.objects[oid]
+    state.items.extend([b"first", b"second"])
+    request = _local(hub, oid, _wire.OP_GET, _client.Undo.put_back(oid))
+    request.start()
+    assert request.answered()
+    request.abandon()
+    assert list(state.items) == [b"first", b"second"]
+    (lock,) = _create(hub, "lock")
+    request = _local(hub, lock, _wire.OP_ACQUIRE, _client.Undo.release(lock))
+    request.start()
+    assert hub.objects[lock].value == 0
+    request.abandon()
+    assert hub.objects[lock].value == 1
+
+
+def test_a_cancelled_task_leaves_the_lock_as_it_was(hub: _hub.Hub) -> None:
+    (lock,) = _create(hub, "lock")
+    state = hub.objects[lock]
+    holder = Waiter()
+    state.handle(_wire.OP_ACQUIRE, b"", holder)
+
+    async def main() -> None:
+        endpoint = _client.Endpoint(hub.address, hub.key)
+        # Parked, then cancelled: withdrawn.
+        task = asyncio.ensure_future(
+            endpoint.call(lock, _wire.OP_ACQUIRE, undo=_client.Undo.release(lock))
+        )
+        await asyncio.sleep(0)
+        assert len(state.waiters) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not state.waiters
+        # Parked, granted, and cancelled before it could run: given back.
+        task = asyncio.ensure_future(
+            endpoint.call(lock, _wire.OP_ACQUIRE, undo=_client.Undo.release(lock))
+        )
+        await asyncio.sleep(0)
+        state.handle(_wire.OP_RELEASE, b"", holder)
+        assert state.value == 0  # granted to the task
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert state.value == 1
+        assert not state.waiters
+
+    local = _hub._local
+    _hub._local = hub  # the endpoint reaches it directly, as in the hosting process
+    try:
+        asyncio.run(main())
+    finally:
+        _hub._local = local
+
+
+class _FakeClient:
+    """What a _RemoteRequest uses of its Client, recorded."""
+
+    def __init__(self) -> None:
+        self.rids = iter(range(1, 100))
+        self.requests: dict[int, Any] = {}
+        self.sent: list[_wire.HubCall] = []
+        self.posts: list[tuple[int, int, bytes]] = []
+        self.lost = False
+
+    def send(self, msg: _wire.HubCall) -> None:
+        self.sent.append(msg)
+
+    def post(self, oid: int, op: int, arg: bytes = b"") -> None:
+        self.posts.append((oid, op, arg))
+
+
+def test_a_remote_grant_crossing_the_withdrawal_is_given_back() -> None:
+    client: Any = _FakeClient()
+    future: Any = _Slot()  # awaited by a task: the event loop reads the answers
+    request = _client._RemoteRequest(client, 5, _wire.OP_GET, b"", _client.Undo.put_back(5), future)
+    request.start()
+    assert client.sent[-1] == _wire.HubCall(1, 5, _wire.OP_GET, b"")
+    request.abandon()  # cancelled before any answer: withdrawn
+    assert client.sent[-1] == _wire.HubCall(0, 0, _wire.OP_CANCEL, (1).to_bytes(8, "little"))
+    # The hub granted the item before it read the cancel, then answers the cancel.
+    _client.Client._on_reply(client, _wire.HubReply(1, _wire.STATUS_OK, b"item"))
+    assert client.posts == [(5, _wire.OP_PUT_FRONT, b"item")]
+    assert 1 in client.requests
+    _client.Client._on_reply(client, _wire.HubReply(1, _wire.STATUS_CANCELLED))
+    assert not client.requests
+    assert not future.done()  # the task was told nothing: it was cancelled
+
+
+def test_a_remote_answer_wakes_its_caller_once() -> None:
+    client: Any = _FakeClient()
+    future: Any = _Slot()
+    request = _client._RemoteRequest(client, 5, _wire.OP_ACQUIRE, b"", None, future)
+    request.start()
+    _client.Client._on_reply(client, _wire.HubReply(1, _wire.STATUS_OK, TRUE))
+    assert future.done()
+    assert request.result() == TRUE
+    _client.Client._on_reply(client, _wire.HubReply(1, _wire.STATUS_OK, TRUE))  # stray
+    request = _client._RemoteRequest(client, 5, _wire.OP_ACQUIRE, b"", None, _Slot())
+    request.start()
+    error = pickle.dumps(LockOwnerDiedError("gone"))
+    _client.Client._on_reply(client, _wire.HubReply(2, _wire.STATUS_ERROR, error))
+    with pytest.raises(LockOwnerDiedError):
+        request.result()
+
+
+class _Slot:
+    """A future's answer side."""
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.set = False
+
+    def done(self) -> bool:
+        return self.set
+
+    def set_result(self, value: Any) -> None:
+        assert not self.set
+        self.set = True
+        self.result = value
