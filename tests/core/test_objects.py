@@ -495,7 +495,7 @@ def test_pipe_ends_are_forgotten_together(hub: _hub.Hub) -> None:
 
 
 def _local(hub: _hub.Hub, oid: int, op: int, undo: _client.Undo | None = None) -> Any:
-    return _client._LocalRequest(hub, oid, op, b"", undo, _client._LocalReply())
+    return _client._LocalRequest(hub, oid, op, b"", undo)
 
 
 def test_a_blocking_request_that_times_out_is_withdrawn(hub: _hub.Hub) -> None:

@@ -166,12 +166,6 @@ class _LocalReply:
         if self.event is not None:
             self.event.set()
 
-    def result(self) -> bytes:
-        if self.error is not None:
-            raise self.error
-        assert self.value is not None
-        return self.value
-
 
 # --- one request, from its start to its answer ---------------------------------------------
 
@@ -203,7 +197,8 @@ class _Request:
         """Ask the object to forget this unanswered request."""
         raise NotImplementedError
 
-    def give_back(self, undo: Undo, value: bytes) -> None:
+    def give_back(self, value: bytes) -> None:
+        """Undo a grant of ``value`` whose caller is gone (see ``undo``)."""
         raise NotImplementedError
 
     def result(self) -> bytes:
@@ -228,7 +223,7 @@ class _Request:
             return
         value = self.granted()
         if value is not None and self.undo is not None:
-            self.give_back(self.undo, value)
+            self.give_back(value)
 
     async def run(self) -> bytes:
         self.start()
@@ -261,15 +256,21 @@ class _LocalRequest(_Request):
     __slots__ = ("arg", "hub", "oid", "op", "reply", "state")
 
     def __init__(
-        self, hub: _hub.Hub, oid: int, op: int, arg: bytes, undo: Undo | None, reply: _LocalReply
+        self,
+        hub: _hub.Hub,
+        oid: int,
+        op: int,
+        arg: bytes,
+        undo: Undo | None,
+        event: threading.Event | None = None,
     ) -> None:
-        super().__init__(undo)
+        self.undo = undo
         self.hub = hub
         self.oid = oid
         self.op = op
         self.arg = arg
-        self.reply = reply
-        self.state: _objects.State | None = None
+        self.reply = _LocalReply(event)
+        self.state: _objects.State | None = None  # once started
 
     def start(self) -> None:
         self.state = state = self.hub.get(self.oid)
@@ -279,7 +280,8 @@ class _LocalRequest(_Request):
         self.hub.flush()
 
     def answered(self) -> bool:
-        return self.reply.finished()
+        reply = self.reply  # reply.finished(), inlined: this is every local call's path
+        return reply.value is not None or reply.error is not None
 
     def granted(self) -> bytes | None:
         reply = self.reply
@@ -290,13 +292,19 @@ class _LocalRequest(_Request):
         if self.state is not None:
             self.state.cancel(self.reply)
 
-    def give_back(self, undo: Undo, value: bytes) -> None:
+    def give_back(self, value: bytes) -> None:
+        undo = self.undo
+        assert undo is not None
         state = self.hub.objects.get(undo.oid)
         if state is not None:
             state.handle(undo.op, undo.arg(value), _LocalReply())
 
     def result(self) -> bytes:
-        return self.reply.result()
+        reply = self.reply
+        if reply.error is not None:
+            raise reply.error
+        assert reply.value is not None
+        return reply.value
 
     def park(self) -> Future:
         backend = self.hub.backend
@@ -319,7 +327,7 @@ class _ThreadRequest(_LocalRequest):
     __slots__ = ()
 
     def __init__(self, hub: _hub.Hub, oid: int, op: int, arg: bytes, undo: Undo | None) -> None:
-        super().__init__(hub, oid, op, arg, undo, _LocalReply(threading.Event()))
+        super().__init__(hub, oid, op, arg, undo, threading.Event())
 
     def _in_loop(self, fn: Any) -> None:
         backend = self.hub.backend
@@ -377,7 +385,7 @@ class _RemoteRequest(_Request):
         undo: Undo | None,
         future: Future | None = None,
     ) -> None:
-        super().__init__(undo)
+        self.undo = undo
         self.client = client
         self.oid = oid
         self.op = op
@@ -426,7 +434,9 @@ class _RemoteRequest(_Request):
             # back otherwise.
             client.read_until_settled(self.rid)
 
-    def give_back(self, undo: Undo, value: bytes) -> None:
+    def give_back(self, value: bytes) -> None:
+        undo = self.undo
+        assert undo is not None
         self.client.post(undo.oid, undo.op, undo.arg(value))
 
     def result(self) -> bytes:
@@ -685,7 +695,7 @@ class Client:
                 del self.requests[msg.rid]
             elif msg.status == STATUS_OK and request.undo is not None:
                 # Granted just before our cancel arrived: give it back.
-                request.give_back(request.undo, msg.value)
+                request.give_back(msg.value)
             return
         del self.requests[msg.rid]
         request.finish(msg.status, msg.value)
@@ -739,7 +749,7 @@ class Endpoint:
             assert self.client is not None
             return await self.client.call(oid, op, arg, undo)
         hub.ensure_attached()
-        return await _LocalRequest(hub, oid, op, arg, undo, _LocalReply()).run()
+        return await _LocalRequest(hub, oid, op, arg, undo).run()
 
     def call_sync(
         self,
@@ -764,7 +774,7 @@ class Endpoint:
         # Apply what other processes already sent first: a task whose result we just
         # saw has written its puts before its result, and a close() must come after them.
         hub.poll()
-        return _LocalRequest(hub, oid, op, arg, undo, _LocalReply()).run_sync(timeout)
+        return _LocalRequest(hub, oid, op, arg, undo).run_sync(timeout)
 
     def post(self, oid: int, op: int, arg: bytes = b"") -> None:
         """Operation ``op`` on object ``oid``, with no answer to wait for."""
