@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, o
 
 import anyio
 
-from ._core import _codec, _loop, _spawn, _wire
+from ._core import _codec, _loop, _payload, _spawn, _wire
 from ._core._dispatch import CANCELLED, DONE, RUNNING, Dispatcher, Job, PoolConfig
 from ._exceptions import PoolClosedError, SerializationError
 
@@ -401,7 +401,7 @@ class ProcessPool:
     ) -> tuple[Dispatcher, Job]:
         fn_id = d.function_id(fn)
         try:
-            payload, release = _codec.dumps_maybe_large((args, kwargs or None))
+            payload, release = _payload.dumps_maybe_large((args, kwargs or None))
         except SerializationError:
             raise _argument_error(args, kwargs) from None
         job = Job(fn_id, payload)

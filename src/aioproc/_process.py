@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
-from ._core import _codec, _loop, _spawn
+from ._core import _loop, _payload, _spawn
 from ._core._dispatch import Dispatcher, Job, PoolConfig
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class Process(Generic[T]):
             ),
         )
         fn_id = d.function_id(self._target)
-        payload, release = _codec.dumps_maybe_large((self._args, self._kwargs or None))
+        payload, release = _payload.dumps_maybe_large((self._args, self._kwargs or None))
         job = Job(fn_id, payload)
         job.release = release
         d.start()

@@ -57,7 +57,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import PoolClosedError, SerializationError, WorkerDiedError
-from . import _codec, _hub, _spawn, _wire
+from . import _codec, _fds, _hub, _payload, _spawn, _wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -302,11 +302,11 @@ class Dispatcher:
 
     def _spawn(self) -> _Worker | None:
         task_r, task_w, result_r, result_w = _spawn.make_pipes()
-        _spawn.register_fds(task_w, result_r)
+        _fds.register_fds(task_w, result_r)
         try:
             proc = _spawn.start_process(self.config.start_method, task_r, result_w)
         except BaseException:
-            _spawn.unregister_fds(task_w, result_r)
+            _fds.unregister_fds(task_w, result_r)
             os.close(task_w)
             os.close(result_r)
             raise
@@ -400,7 +400,7 @@ class Dispatcher:
         backend.remove_reader(worker.result_fd)
         if worker.writing:
             backend.remove_writer(worker.task_fd)
-        _spawn.unregister_fds(worker.task_fd, worker.result_fd)
+        _fds.unregister_fds(worker.task_fd, worker.result_fd)
         for fd in (worker.task_fd, worker.result_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -679,7 +679,7 @@ class Dispatcher:
             if job is not None:
                 self._advance(worker, job)
                 try:
-                    value = _codec.loads_any(msg.value)
+                    value = _payload.loads_any(msg.value)
                 except BaseException as exc:
                     # Even SystemExit or KeyboardInterrupt from an object's __reduce__: it
                     # fails this task, as in concurrent.futures, not the event loop.
@@ -695,7 +695,7 @@ class Dispatcher:
             job = worker.jobs.get(msg.id)
             if job is not None and job.on_item is not None:
                 try:
-                    item = _codec.loads_any(msg.value)
+                    item = _payload.loads_any(msg.value)
                 except BaseException as exc:
                     worker.jobs.pop(msg.id)
                     self._advance(worker, job)
@@ -986,7 +986,7 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 worker.proc.reap()
             worker.gone = True
-            _spawn.unregister_fds(worker.task_fd, worker.result_fd)
+            _fds.unregister_fds(worker.task_fd, worker.result_fd)
             for fd in (worker.task_fd, worker.result_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -28,7 +28,7 @@ from typing import NoReturn
 _WARM_MODULES = (
     "asyncio",
     "uvloop",
-    "aioproc._core._aworker",
+    "aioproc._core._worker_async",
     "aioproc._queue",
     "aioproc._pipe",
     "aioproc._sync",
