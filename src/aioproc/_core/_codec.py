@@ -9,12 +9,16 @@ closures and nested functions, which pickle refuses, go through cloudpickle too.
 Exceptions are sent as ``(exception, formatted traceback)``. One that cannot be pickled, or
 that cannot be rebuilt on the other side, becomes a :class:`RemoteError` carrying its type
 name, message and traceback.
+
+Values with large buffers travel through shared memory instead: see ``_payload``, which
+builds on this module and the IPC hub.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import io
 import linecache
 import os
@@ -26,6 +30,8 @@ import types
 import typing
 import weakref
 from typing import Any
+
+import msgspec
 
 from .._exceptions import RemoteError, RemoteTraceback, SerializationError
 
@@ -74,8 +80,7 @@ def _pickler() -> Any:
       them in typed queues, has not the script's globals to evaluate forward references
       (``"Node"``, or all of them under ``from __future__ import annotations``) in.
     """
-    import cloudpickle
-    import msgspec
+    import cloudpickle  # here: most values pickle without it, and it takes ~25 ms to import
 
     base = cloudpickle.Pickler
     override = base.reducer_override
@@ -154,19 +159,15 @@ def _reduce_meta(meta: Any) -> Any:
 
 
 def _rebuild_meta(given: dict[str, Any]) -> Any:
-    import msgspec
-
     return msgspec.Meta(**given)
 
 
 def _annotations(cls: type) -> Any:
     """``cls``'s own annotations, with forward references (``"Node"``, ``list["Node"]``,
     all of them under ``from __future__ import annotations``) evaluated where possible."""
-    import inspect
-
     try:
         own = inspect.get_annotations(cls)  # a new dict
-    except Exception:  # not a dict: sent as it is
+    except Exception:  # the class's own code (a descriptor, a metaclass): sent as it is
         return vars(cls).get("__annotations__")
     if not own:
         return own
@@ -179,6 +180,7 @@ def _annotations(cls: type) -> Any:
         probe = type("probe", (), {"__annotations__": annotations})
         return typing.get_type_hints(probe, globalns, localns, include_extras=True)
 
+    # Evaluating runs the script's own expressions: any error may come out of them.
     try:
         return evaluate(own)
     except Exception:
@@ -216,10 +218,6 @@ def _reduce_struct(cls: type) -> Any:
     msgspec reads ``__post_init__`` only at creation too: a stand-in, :func:`_post_init`,
     is created with the class, and calls the class's own once it is set.
     """
-    import inspect
-
-    import msgspec
-
     fields: tuple[str, ...] = cls.__struct_fields__  # type: ignore[attr-defined]
     defaults: tuple[Any, ...] = cls.__struct_defaults__  # type: ignore[attr-defined]
     wire: tuple[str, ...] = cls.__struct_encode_fields__  # type: ignore[attr-defined]
@@ -314,8 +312,6 @@ def _rebuild_struct(
     found = _classes.get(key)
     if found is not None:
         return found  # this process has it already (or is where it came from)
-    import msgspec
-
     body = {**body, **{field: msgspec.field(**spec) for field, spec in specs.items()}}
     made = types.new_class(name, bases, {"metaclass": meta, **options}, lambda ns: ns.update(body))
     with _classes_lock:
@@ -342,6 +338,7 @@ def dumps(obj: object) -> bytes:
         SerializationError: ``obj`` (or something inside it) cannot be pickled.
     """
     by_value = False
+    # Pickling runs the value's own __reduce__ and the like: any error may come out of it.
     try:
         data = _pickle_dumps(obj, PROTOCOL)
     except Exception:
@@ -394,7 +391,7 @@ def _describe(obj: object) -> str:
 def _picklable(obj: object) -> bool:
     try:
         _cloudpickle_dumps(obj)
-    except Exception:
+    except Exception:  # the object's own __reduce__ may raise anything
         return False
     return True
 

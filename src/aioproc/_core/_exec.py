@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from inspect import isasyncgen, iscoroutine, isgenerator
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -562,8 +563,6 @@ def _exit_status(exc: BaseException) -> int:
         print(code, file=sys.stderr)
         return 1
     # As multiprocessing does for a Process: show the traceback where its output goes.
-    import traceback
-
     print(f"Process {os.getpid()}:", file=sys.stderr)
     traceback.print_exception(exc, file=sys.stderr)
     return 1

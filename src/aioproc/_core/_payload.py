@@ -193,7 +193,7 @@ def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
     out = io.BytesIO()
     try:
         pickle.Pickler(out, PROTOCOL, buffer_callback=keep).dump(_wrap_big(obj))
-    except Exception:
+    except Exception:  # the value's own __reduce__ may raise anything: dumps() names it
         return dumps(obj), None
     data = out.getvalue()
     if MAIN in data or not buffers:
@@ -317,7 +317,7 @@ def map_shared(fd: int, size: int, offset: int) -> memoryview:
     nothing else can be there). That object then owns the mapping: it is unmapped once
     the last view of it is gone, and a mapping alone keeps the block's memory alive.
     """
-    import ctypes  # here: it loads libffi, and only a process that maps a block needs it
+    import ctypes  # here: ~5 ms to import, and only a process that maps a block needs it
     import mmap
 
     global _libc_mmap

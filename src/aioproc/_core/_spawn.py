@@ -185,7 +185,7 @@ def start_process(method: str, task_r: int, result_w: int) -> ProcessHandle:
 
 
 def _python_args() -> list[str]:
-    import subprocess
+    import subprocess  # here: ~30 ms to import; only spawn and the fork server's start need it
 
     # Same interpreter flags as the parent (-X dev, -W error, -O ...), as multiprocessing does.
     return [sys.executable, *subprocess._args_from_interpreter_flags()]  # type: ignore[attr-defined]
@@ -201,7 +201,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _spawn_interpreter(task_r: int, result_w: int) -> ProcessHandle:
-    import subprocess
+    import subprocess  # here: see _python_args
 
     popen = subprocess.Popen(
         [
@@ -223,7 +223,7 @@ def _spawn_interpreter(task_r: int, result_w: int) -> ProcessHandle:
 
 def _fork(task_r: int, result_w: int) -> ProcessHandle:
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the user may have replaced the stream
             stream.flush()
     with warnings.catch_warnings():
         # Python 3.12+ warns about fork() in a multi-threaded process; the user asked for
@@ -245,7 +245,7 @@ class _ForkServer:
     """Client side of the fork server (see ``_forkserver.py``)."""
 
     def __init__(self) -> None:
-        import subprocess
+        import subprocess  # here: see _python_args
 
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -294,7 +294,7 @@ class _ForkServer:
         return ProcessHandle(pid, status_r, _pidfd(pid))
 
     def shutdown(self) -> None:
-        import subprocess
+        import subprocess  # here: see _python_args
 
         _fds.unregister_fds(self._sock.fileno())
         self._sock.close()  # the server kills what it forked and exits on EOF

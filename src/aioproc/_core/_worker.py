@@ -38,6 +38,7 @@ import select
 import signal
 import sys
 import threading
+import traceback
 from inspect import iscoroutine
 from typing import Any, NoReturn
 
@@ -109,7 +110,7 @@ class _LogForward(logging.Handler):
                     _codec.PROTOCOL,
                 )
             self._channel.send(_wire.Log(blob))
-        except Exception:
+        except Exception:  # as logging.Handler.emit does: the record holds the user's objects
             self.handleError(record)
 
 
@@ -267,8 +268,6 @@ def run(task_fd: int, result_fd: int) -> NoReturn:
     except SystemExit as exc:  # pragma: no cover - defensive
         worker.exit(exc.code if isinstance(exc.code, int) else 1)
     except BaseException:
-        import traceback
-
         traceback.print_exc(file=sys.__stderr__)
         os._exit(1)
 
