@@ -62,7 +62,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import ClosedResourceError, PoolClosedError, SerializationError, WorkerDiedError
-from . import _codec, _hub, _loop, _relay, _spawn, _wire
+from . import _codec, _fds, _hub, _loop, _payload, _relay, _spawn, _wire
 from ._functions import FunctionTable
 from ._link import WorkerLink
 
@@ -372,11 +372,11 @@ class Dispatcher:
 
     def _start_worker(self) -> _Worker:
         task_r, task_w, result_r, result_w = _spawn.make_pipes()
-        _spawn.register_fds(task_w, result_r)
+        _fds.register_fds(task_w, result_r)
         try:
             proc = self._launch(self.config.start_method, task_r, result_w)
         except BaseException:
-            _spawn.unregister_fds(task_w, result_r)
+            _fds.unregister_fds(task_w, result_r)
             os.close(task_w)
             os.close(result_r)
             raise
@@ -652,7 +652,7 @@ class Dispatcher:
             if job is not None:
                 self._left_worker(worker, job)
                 try:
-                    value = _codec.loads_any(msg.value)
+                    value = _payload.loads_any(msg.value)
                 except BaseException as exc:
                     # Even SystemExit or KeyboardInterrupt from an object's __reduce__: it
                     # fails this task, as in concurrent.futures, not the event loop.
@@ -668,7 +668,7 @@ class Dispatcher:
             job = worker.jobs.get(msg.id)
             if job is not None and job.on_item is not None:
                 try:
-                    item = _codec.loads_any(msg.value)
+                    item = _payload.loads_any(msg.value)
                 except BaseException as exc:
                     worker.jobs.pop(msg.id)
                     self._left_worker(worker, job)

@@ -20,7 +20,7 @@ import functools
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from .._exceptions import SerializationError
-from . import _codec, _spawn, _wire
+from . import _codec, _payload, _spawn, _wire
 from ._dispatch import (
     DONE,
     MODE_CALL,
@@ -184,7 +184,7 @@ class Engine:
     ) -> Job:
         fn_id = self.dispatcher.functions.id_of(fn)
         try:
-            payload, release = _codec.dumps_maybe_large((args, kwargs or None))
+            payload, release = _payload.dumps_maybe_large((args, kwargs or None))
         except SerializationError:
             raise _argument_error(args, kwargs) from None
         job = Job(fn_id, payload, mode)

@@ -54,7 +54,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ClosedResourceError, SerializationError
-from . import _objects, _spawn, _wire
+from . import _fds, _objects, _wire
 
 if TYPE_CHECKING:
     from ._loop import Backend, Future
@@ -234,7 +234,7 @@ class Hub:
         self.listener.bind(self.address)
         self.listener.listen(128)
         self.listener.setblocking(False)
-        _spawn.register_fds(self.listener.fileno())
+        _fds.register_fds(self.listener.fileno())
         self.objects: dict[int, _objects.State] = {}
         self.oids = itertools.count(1)
         # A pickled proxy holds a handle while in transit (token -> oid), so that the
@@ -354,7 +354,7 @@ class Hub:
                 continue
             conn = _Conn(self, sock, challenge)
             self.conns[conn.fd] = conn
-            _spawn.register_fds(conn.fd)
+            _fds.register_fds(conn.fd)
             if self.backend is not None and self.loop_thread == threading.get_ident():
                 self.backend.add_reader(conn.fd, functools_partial(self._on_readable, conn))
                 conn.deadline = self.backend.call_later(
@@ -573,7 +573,7 @@ class Hub:
                 self.backend.remove_reader(conn.fd)
                 if conn.writing:
                     self.backend.remove_writer(conn.fd)
-        _spawn.unregister_fds(conn.fd)
+        _fds.unregister_fds(conn.fd)
         conn.sock.close()
         for _, _, fd in conn.fd_frames:
             os.close(fd)
@@ -632,7 +632,7 @@ class Hub:
         if self.backend is not None:
             with contextlib.suppress(Exception):
                 self.backend.remove_reader(self.listener.fileno())
-        _spawn.unregister_fds(self.listener.fileno())
+        _fds.unregister_fds(self.listener.fileno())
         self._finalizer()
 
 
@@ -752,7 +752,7 @@ class Client:
             raise
         self.sock = sock
         self.fd = sock.fileno()
-        _spawn.register_fds(self.fd)
+        _fds.register_fds(self.fd)
         self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
         self.rids = itertools.count(1)
         self.waiters: dict[int, _ClientWaiter] = {}

@@ -32,6 +32,7 @@ from .._exceptions import (
     QueueFull,
     WouldBlock,
 )
+from . import _codec
 
 OP_PUT, OP_PUT_NOWAIT, OP_GET, OP_GET_NOWAIT, OP_CLOSE, OP_PUT_FRONT = 1, 2, 3, 4, 5, 6
 OP_ACQUIRE, OP_TRY_ACQUIRE, OP_RELEASE = 10, 11, 12
@@ -592,6 +593,4 @@ class ContainerState(State):
 
 
 def _dumps_value(value: Any) -> bytes:
-    from . import _codec
-
     return _codec.dumps(value)
