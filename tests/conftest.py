@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from aioproc._core import _hub, _spawn
+from aioproc._core import _fds, _hub, _spawn
 from tests import procs
 
 BACKENDS = [
@@ -69,7 +69,7 @@ def no_leaks() -> object:
         # dropped once the hub reads their end, which no event loop may have done yet.
         hub.poll()
         kept.add(hub.listener.fileno())
-    leaked_fds = _spawn._parent_fds - kept
+    leaked_fds = _fds.parent_fds() - kept
     assert not leaked_fds, f"aioproc fds left open: {sorted(leaked_fds)}"
     # Any other fd too (pipes, sockets, memfds, event loop selectors): what is open now was
     # open before, but for the fork server and hub that live as long as the process.

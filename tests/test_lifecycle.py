@@ -9,7 +9,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from aioproc._core import _spawn
+from aioproc._core import _fds
 from tests import procs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_scripts_need_no_main_guard_and_main_functions_work(tmp_path: Path) -> N
 
 def test_forked_children_do_not_keep_aioproc_fds() -> None:
     r, w = os.pipe()
-    _spawn.register_fds(w)
+    _fds.register_fds(w)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
@@ -94,7 +94,7 @@ def test_forked_children_do_not_keep_aioproc_fds() -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
-        _spawn.unregister_fds(w)
+        _fds.unregister_fds(w)
         os.close(r)
         os.close(w)
 

@@ -9,12 +9,12 @@ import subprocess
 import pytest
 
 import aioproc
-from aioproc._core import _codec
+from aioproc._core import _payload
 from tests import procs, tasks
 
 pytestmark = pytest.mark.anyio
 
-BIG = 4 * _codec.OOB_THRESHOLD
+BIG = 4 * _payload.OOB_THRESHOLD
 
 
 async def test_large_bytes_both_ways(start_method: str) -> None:
@@ -140,14 +140,14 @@ async def test_process_arguments_and_no_leftovers() -> None:
 
 
 async def test_small_values_stay_in_the_pipe() -> None:
-    assert not _codec.has_big_buffers(((b"x" * 100,), None))
-    assert _codec.has_big_buffers(((b"x" * BIG,), None))
-    assert _codec.has_big_buffers(((1, [b"x" * BIG]), None))
+    assert not _payload.has_big_buffers(((b"x" * 100,), None))
+    assert _payload.has_big_buffers(((b"x" * BIG,), None))
+    assert _payload.has_big_buffers(((1, [b"x" * BIG]), None))
 
 
 async def test_large_bytearrays_travel_through_shared_memory() -> None:
     raw = bytearray(os.urandom(BIG))
-    blob, release = _codec.dumps_maybe_large(((raw,), None))
+    blob, release = _payload.dumps_maybe_large(((raw,), None))
     assert release is not None and len(blob) < 4096  # the bytes are not in the message
     release()
     async with aioproc.ProcessPool(1) as pool:

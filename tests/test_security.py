@@ -25,7 +25,7 @@ import anyio.to_thread
 import pytest
 
 import aioproc
-from aioproc._core import _client, _codec, _hub, _objects, _spawn, _wire
+from aioproc._core import _client, _fds, _hub, _objects, _payload, _wire
 from tests import hostile_tasks, procs
 
 pytestmark = pytest.mark.anyio
@@ -89,7 +89,7 @@ async def test_workers_hold_no_ip_socket(start_method: str) -> None:
     value = aioproc.Value("i", 1)
     queue: aioproc.Queue[int] = aioproc.Queue()
     release = aioproc.Event()
-    big = b"\x01" * (_codec.OOB_THRESHOLD * 2)  # travels through a memfd
+    big = b"\x01" * (_payload.OOB_THRESHOLD * 2)  # travels through a memfd
     hub = queue._endpoint.hub
     assert hub is not None
     mine_before = procs.fds()
@@ -124,7 +124,7 @@ async def test_shared_memory_has_no_name() -> None:
         shm_before = set()
     value = aioproc.Value("d", 1.5)
     array = aioproc.Array("i", range(1000))
-    big = bytes(range(256)) * (_codec.OOB_THRESHOLD // 128)
+    big = bytes(range(256)) * (_payload.OOB_THRESHOLD // 128)
     async with aioproc.ProcessPool(1) as pool:
         with anyio.fail_after(TIMEOUT):
             assert await pool.apply(hostile_tasks.echo_large, big) == big  # both ways
@@ -150,7 +150,7 @@ async def test_forked_children_do_not_pin_the_parents_shared_memory() -> None:
     """A block in flight when a fork happens is not held open by the forked child."""
     queue: aioproc.Queue[int] = aioproc.Queue()
     release = aioproc.Event()
-    big = b"\x02" * (_codec.OOB_THRESHOLD * 2)
+    big = b"\x02" * (_payload.OOB_THRESHOLD * 2)
     hub = queue._endpoint.hub
     assert hub is not None
     async with aioproc.ProcessPool(1) as pool:
@@ -276,7 +276,7 @@ async def test_connecting_without_the_key_is_refused() -> None:
             await anyio.to_thread.run_sync(_client.Client, hub.address, os.urandom(32))
         # The same client with the key is let in (so the refusal above was the key's).
         client = await anyio.to_thread.run_sync(_client.Client, hub.address, hub.key)
-    _spawn.unregister_fds(client.fd)
+    _fds.unregister_fds(client.fd)
     client.sock.close()
 
 

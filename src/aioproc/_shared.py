@@ -6,7 +6,7 @@ import ctypes
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._core import _codec
+from ._core import _payload
 from ._proxy import Proxy
 from ._sync import Lock
 
@@ -64,7 +64,7 @@ class _Shared(Proxy):
         try:
             # Mapped without keeping a descriptor (mmap.mmap would keep a dup of it): a
             # program may hold thousands of Values and Arrays.
-            self._mmap = _codec.map_shared(fd, max(extra["size"], 1), 0)
+            self._mmap = _payload.map_shared(fd, max(extra["size"], 1), 0)
         finally:
             os.close(fd)
         self._lock: Lock | None = extra["lock"]

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import aioproc
-from aioproc._core import _codec, _wire
+from aioproc._core import _wire
 
 messages = st.one_of(
     st.builds(
@@ -75,24 +75,3 @@ def test_encoder_refuses_frames_over_the_limit(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(aioproc.SerializationError, match="exceeds the frame limit"):
         _wire.encode_into(_wire.Done(1, b"x" * 200), buf)
     assert buf == b"keep"
-
-
-def test_codec_keeps_exact_types_and_sends_main_by_value() -> None:
-    value = {"t": (1, 2), "l": [1, 2], "s": {3}, "b": b"x"}
-    assert _codec.loads(_codec.dumps(value)) == value
-    assert type(_codec.loads(_codec.dumps((1,)))) is tuple
-    assert _codec.loads(_codec.dumps_function(lambda x: x + 1))(1) == 2
-
-
-def test_errors_that_cannot_travel_become_remote_errors() -> None:
-    class Local(Exception):
-        def __init__(self, a: int, b: int) -> None:
-            super().__init__(a)
-
-    try:
-        raise Local(1, 2)
-    except Local as exc:
-        back = _codec.loads_error(_codec.dumps_error(exc))
-    assert isinstance(back, aioproc.RemoteError)
-    assert back.type_name.endswith("Local")
-    assert "raise Local(1, 2)" in back.traceback

@@ -57,7 +57,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._exceptions import ClosedResourceError, SerializationError
-from . import _hub, _objects, _role, _spawn, _wire
+from . import _fds, _hub, _objects, _role, _wire
 from ._wire import (
     OP_ADOPT,
     OP_CANCEL,
@@ -494,7 +494,7 @@ class Client:
             raise
         self.sock = sock
         self.fd = sock.fileno()
-        _spawn.register_fds(self.fd)
+        _fds.register_fds(self.fd)
         self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
         self.rids = itertools.count(1)
         self.requests: dict[int, _RemoteRequest] = {}  # rid -> request (see Invariants)

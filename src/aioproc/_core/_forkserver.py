@@ -14,12 +14,15 @@ and all, and exits: nothing outlives the parent.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import selectors
 import signal
 import socket
 import sys
 from typing import NoReturn
+
+from . import _worker  # what every fork runs, imported once here (the hub with it)
 
 # Modules that most workers import sooner or later (asyncio for coroutine tasks and for the
 # user's own modules, the IPC proxies for objects passed as arguments). Imported once the
@@ -28,7 +31,7 @@ from typing import NoReturn
 _WARM_MODULES = (
     "asyncio",
     "uvloop",
-    "aioproc._core._aworker",
+    "aioproc._core._worker_async",
     "aioproc._queue",
     "aioproc._pipe",
     "aioproc._sync",
@@ -39,8 +42,6 @@ _WARM_AFTER = 0.01  # seconds without a request
 
 
 def _warm_up() -> None:
-    import importlib
-
     for name in _WARM_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -48,11 +49,9 @@ def _warm_up() -> None:
 
 def main() -> NoReturn:
     sock = socket.socket(fileno=int(sys.argv[1]))
-    # Warm the forks: everything a worker imports is imported once, here, and cloudpickle
-    # too (functions from a script's __main__ arrive by value and need it to load).
+    # Warm the forks: the worker's modules are imported with this one, and cloudpickle here
+    # (functions from a script's __main__ arrive by value and need it to load).
     import cloudpickle  # noqa: F401
-
-    from . import _client, _worker  # noqa: F401
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()

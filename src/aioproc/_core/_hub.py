@@ -70,7 +70,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ClosedResourceError, SerializationError
-from . import _objects, _role, _spawn, _wire
+from . import _fds, _objects, _role, _wire
 from ._wire import (
     OP_ADOPT,
     OP_ATTACH,
@@ -201,7 +201,7 @@ class Hub:
         self.listener.bind(self.address)
         self.listener.listen(128)
         self.listener.setblocking(False)
-        _spawn.register_fds(self.listener.fileno())
+        _fds.register_fds(self.listener.fileno())
         self.objects: dict[int, _objects.State] = {}
         self.oids = itertools.count(1)
         # A pickled proxy holds a handle while in transit (token -> oid), so that the
@@ -339,7 +339,7 @@ class Hub:
                 continue
             conn = _Conn(self, sock, challenge)
             self.conns[conn.fd] = conn
-            _spawn.register_fds(conn.fd)
+            _fds.register_fds(conn.fd)
             if self.backend is not None and self.loop_thread == threading.get_ident():
                 self.backend.add_reader(conn.fd, functools.partial(self._on_readable, conn))
                 conn.deadline = self.backend.call_later(
@@ -538,7 +538,7 @@ class Hub:
             if conn.writing:
                 with contextlib.suppress(*LOOP_GONE):
                     backend.remove_writer(conn.fd)
-        _spawn.unregister_fds(conn.fd)
+        _fds.unregister_fds(conn.fd)
         conn.sock.close()
         for _, _, fd in conn.fd_frames:
             os.close(fd)
@@ -595,7 +595,7 @@ class Hub:
         if self.backend is not None:
             with contextlib.suppress(*LOOP_GONE):
                 self.backend.remove_reader(self.listener.fileno())
-        _spawn.unregister_fds(self.listener.fileno())
+        _fds.unregister_fds(self.listener.fileno())
         self._finalizer()
 
 

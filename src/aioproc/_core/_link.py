@@ -10,7 +10,7 @@
 on top (see ``_dispatch.py``). Everything here runs on the event loop thread.
 
 Invariants:
-- ``task_fd`` and ``result_fd`` stay open, and registered with ``_spawn.register_fds`` (so
+- ``task_fd`` and ``result_fd`` stay open, and registered with ``_fds.register_fds`` (so
   forked children close them), until ``close()``; after it ``closed`` is set and the
   numbers are never used again: a late loop callback finds ``closed`` and does nothing.
 - The parent keeps the task pipe open until the worker has been reaped: for the worker a
@@ -23,10 +23,11 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
-from . import _spawn, _wire
+from . import _fds, _wire
 
 if TYPE_CHECKING:
     from ._loop import Backend
+    from ._spawn import ProcessHandle
 
 __all__ = ("READ_SIZE", "WorkerLink")
 
@@ -48,7 +49,7 @@ class WorkerLink:
         "writing",
     )
 
-    def __init__(self, proc: _spawn.ProcessHandle, task_fd: int, result_fd: int) -> None:
+    def __init__(self, proc: ProcessHandle, task_fd: int, result_fd: int) -> None:
         self.proc = proc
         self.pid = proc.pid
         self.task_fd = task_fd
@@ -125,7 +126,7 @@ class WorkerLink:
                 with contextlib.suppress(RuntimeError):
                     backend.remove_writer(self.task_fd)
         self.writing = False
-        _spawn.unregister_fds(self.task_fd, self.result_fd)
+        _fds.unregister_fds(self.task_fd, self.result_fd)
         for fd in (self.task_fd, self.result_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)

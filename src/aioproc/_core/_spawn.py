@@ -31,16 +31,16 @@ import sys
 import threading
 import warnings
 
+from . import _fds, _worker
+
 __all__ = (
     "START_METHODS",
     "ProcessHandle",
     "default_start_method",
     "make_pipes",
     "resolve_start_method",
-    "register_fds",
     "shutdown_forkserver",
     "start_process",
-    "unregister_fds",
 )
 
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -48,30 +48,11 @@ START_METHODS = ("forkserver", "spawn", "fork")
 _F_SETPIPE_SZ = 1031  # Linux; a bigger pipe means fewer wake-ups for bursts and payloads
 _PIPE_SIZE = 1 << 20
 
-# Fds the parent holds for aioproc channels. A forked child (ours or the user's) closes
-# them: an inherited copy of a task pipe would hide the parent's death from a worker.
-_parent_fds: set[int] = set()
-
-
-def register_fds(*fds: int) -> None:
-    _parent_fds.update(fds)
-
-
-def unregister_fds(*fds: int) -> None:
-    _parent_fds.difference_update(fds)
-
-
-def _close_parent_fds(keep: tuple[int, ...] = ()) -> None:
-    for fd in list(_parent_fds):
-        if fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    _parent_fds.clear()
-
 
 def _after_fork_in_child() -> None:
+    # The child's own fork server is started anew if it needs one (its fds, the parent's
+    # socket among them, are closed by _fds' own hook).
     global _forkserver
-    _close_parent_fds()
     _forkserver = None
 
 
@@ -123,7 +104,7 @@ class ProcessHandle:
         self._pidfd = pidfd
         self._popen = popen
         self.exitcode: int | None = None
-        register_fds(*{sentinel, pidfd} - {None})  # type: ignore[arg-type]
+        _fds.register_fds(*{sentinel, pidfd} - {None})  # type: ignore[arg-type]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the worker and everything it started (its process group)."""
@@ -168,7 +149,7 @@ class ProcessHandle:
 
     def close(self) -> None:
         fds = {self.sentinel, self._pidfd} - {None, -1}
-        unregister_fds(*fds)  # type: ignore[arg-type]
+        _fds.unregister_fds(*fds)  # type: ignore[arg-type]
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)  # type: ignore[arg-type]
@@ -194,7 +175,7 @@ def start_process(method: str, task_r: int, result_w: int) -> ProcessHandle:
         if method == "forkserver":
             return _get_forkserver().start(task_r, result_w)
         if method == "spawn":
-            return _spawn(task_r, result_w)
+            return _spawn_interpreter(task_r, result_w)
         if method == "fork":
             return _fork(task_r, result_w)
         raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}; got {method!r}")
@@ -204,7 +185,7 @@ def start_process(method: str, task_r: int, result_w: int) -> ProcessHandle:
 
 
 def _python_args() -> list[str]:
-    import subprocess
+    import subprocess  # here: ~30 ms to import; only spawn and the fork server's start need it
 
     # Same interpreter flags as the parent (-X dev, -W error, -O ...), as multiprocessing does.
     return [sys.executable, *subprocess._args_from_interpreter_flags()]  # type: ignore[attr-defined]
@@ -219,8 +200,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _spawn(task_r: int, result_w: int) -> ProcessHandle:
-    import subprocess
+def _spawn_interpreter(task_r: int, result_w: int) -> ProcessHandle:
+    import subprocess  # here: see _python_args
 
     popen = subprocess.Popen(
         [
@@ -242,7 +223,7 @@ def _spawn(task_r: int, result_w: int) -> ProcessHandle:
 
 def _fork(task_r: int, result_w: int) -> ProcessHandle:
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the user may have replaced the stream
             stream.flush()
     with warnings.catch_warnings():
         # Python 3.12+ warns about fork() in a multi-threaded process; the user asked for
@@ -251,9 +232,7 @@ def _fork(task_r: int, result_w: int) -> ProcessHandle:
         pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
-            _close_parent_fds(keep=(task_r, result_w))
-            from . import _worker
-
+            _fds.close_parent_fds(keep=(task_r, result_w))
             _worker.run(task_r, result_w)
         finally:
             os._exit(1)
@@ -266,7 +245,7 @@ class _ForkServer:
     """Client side of the fork server (see ``_forkserver.py``)."""
 
     def __init__(self) -> None:
-        import subprocess
+        import subprocess  # here: see _python_args
 
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -287,7 +266,7 @@ class _ForkServer:
         self._sock = parent
         self._lock = threading.Lock()
         self.pid = self._popen.pid
-        register_fds(parent.fileno())
+        _fds.register_fds(parent.fileno())
 
     def alive(self) -> bool:
         return self._popen.poll() is None
@@ -315,9 +294,9 @@ class _ForkServer:
         return ProcessHandle(pid, status_r, _pidfd(pid))
 
     def shutdown(self) -> None:
-        import subprocess
+        import subprocess  # here: see _python_args
 
-        unregister_fds(self._sock.fileno())
+        _fds.unregister_fds(self._sock.fileno())
         self._sock.close()  # the server kills what it forked and exits on EOF
         try:
             self._popen.wait(timeout=5)

@@ -15,12 +15,12 @@ import time
 from inspect import isasyncgen, iscoroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .._exceptions import SerializationError
 from . import _codec, _wire
-from ._worker import (
+from ._exec import (
     PARTIAL_EVERY,
+    READ_SIZE,
     STREAM_WINDOW,
-    Worker,
+    Executor,
     answer,
     check_generator,
     load_payload,
@@ -29,11 +29,9 @@ from ._worker import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-_READ_SIZE = 1 << 16
-
 
 class _AsyncServer:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Executor) -> None:
         self.worker = worker
         self.loop = worker.event_loop()
         asyncio.set_event_loop(self.loop)
@@ -49,7 +47,7 @@ class _AsyncServer:
     def on_readable(self) -> None:
         worker = self.worker
         try:
-            data = os.read(worker.task_fd, _READ_SIZE)
+            data = os.read(worker.task_fd, READ_SIZE)
         except BlockingIOError:
             return
         if not data:
@@ -64,11 +62,9 @@ class _AsyncServer:
         worker = self.worker
         if isinstance(msg, _wire.Call):
             if msg.id in worker.cancelled:
-                worker.done += 1  # counted for max_tasks, as the parent counts it
                 worker.cancelled.discard(msg.id)
-                if worker.max_tasks and worker.done >= worker.max_tasks:
-                    worker.stopping = True
-                    self.maybe_finish()
+                worker.count_call()
+                self.maybe_finish()
                 return
             self.tasks[msg.id] = self.loop.create_task(self.run_call(msg))
         elif isinstance(msg, _wire.Cancel):
@@ -93,12 +89,7 @@ class _AsyncServer:
         """Queue ``msg`` for the parent; written at the end of this loop turn, or at once
         with ``now`` (the end of a task: if another task kills the process in this same
         turn, this one's outcome must not be lost with it)."""
-        channel = self.worker.channel
-        try:
-            channel.put(msg)
-        except SerializationError as exc:
-            assert isinstance(msg, _wire.Done)
-            channel.put(_wire.Failed(msg.id, _codec.dumps_error(exc)))
+        self.worker.put_reply(msg)
         if now:
             self.flush()
         elif not self.flush_scheduled:
@@ -123,11 +114,9 @@ class _AsyncServer:
             answer = _wire.Failed(msg.id, _codec.dumps_error(exc))
         finally:
             self.tasks.pop(msg.id, None)
-            worker.done += 1
+            worker.count_call()
         if answer is not None:
             self.reply(answer, now=True)
-        if worker.max_tasks and worker.done >= worker.max_tasks:
-            worker.stopping = True
         self.maybe_finish()
 
     async def execute(self, msg: _wire.Call) -> _wire.Message | None:
@@ -154,7 +143,7 @@ class _AsyncServer:
     async def run_chunk(
         self, msg: _wire.Call, fn: Callable[..., Any], items: list[Any]
     ) -> _wire.Message:
-        """A map chunk, its results sent as they finish (see ``Worker.run_chunk``)."""
+        """A map chunk, its results sent as they finish (see ``Executor.run_chunk``)."""
         partials = self.worker.partials
         results = partials.begin(msg.id)
         star = msg.mode == _wire.MODE_STARMAP
@@ -220,7 +209,7 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def serve_async(worker: Worker) -> NoReturn:
+def serve_async(worker: Executor) -> NoReturn:
     os.set_blocking(worker.task_fd, False)
     server = _AsyncServer(worker)
     server.loop.run_until_complete(server.main())
