@@ -6,6 +6,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from ._core import _codec, _wire
+from ._exceptions import ClosedResourceError
 from ._proxy import Proxy
 
 if TYPE_CHECKING:
@@ -322,8 +323,6 @@ class Manager:
 
     def _make(self, cls: type[_Managed], initial: Any) -> Any:
         if self._closed:
-            from ._exceptions import ClosedResourceError
-
             raise ClosedResourceError("the manager is shut down")
         obj = cls._new(initial)
         self._made.append(obj)

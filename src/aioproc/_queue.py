@@ -75,6 +75,8 @@ class _Codec:
                 return _codec.loads(blob)
             except AioprocError:
                 raise  # already says what went wrong (a proxy whose object is gone...)
+            # Broad on purpose: unpickling runs the item's own code (its class's __reduce__,
+            # __setstate__...), which may raise anything.
             except Exception as exc:
                 raise SerializationError(f"cannot unpickle the item: {exc!r}") from exc
         try:

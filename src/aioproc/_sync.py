@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._core import _client, _objects, _wire
+from ._exceptions import WouldBlock
 from ._proxy import Proxy
 
 if TYPE_CHECKING:
@@ -94,8 +95,6 @@ class _Acquirable(Proxy):
 
     def acquire_nowait(self) -> None:
         """Acquire at once or raise ``aioproc.WouldBlock``."""
-        from ._exceptions import WouldBlock
-
         if self._endpoint.call_sync(self._oid, _wire.OP_TRY_ACQUIRE) != _objects.TRUE:
             raise WouldBlock(f"the {self._kind} is not available")
 
