@@ -629,3 +629,36 @@ class _Slot:
         assert not self.set
         self.set = True
         self.result = value
+
+
+def test_a_blocking_call_from_another_thread_runs_in_the_loop(hub: _hub.Hub) -> None:
+    (event,) = _create(hub, "event")
+    (queue,) = _create(hub, "queue", maxsize=0)
+    event_state, queue_state = hub.objects[event], hub.objects[queue]
+
+    def in_thread() -> None:
+        endpoint = _client.Endpoint(hub.address, hub.key)
+        with pytest.raises(TimeoutError):
+            endpoint.call_sync(event, _wire.OP_WAIT, b"", 0.01)
+        with pytest.raises(TimeoutError):
+            endpoint.call_sync(queue, _wire.OP_GET, b"", 0.01, _client.Undo.put_back(queue))
+        endpoint.call_sync(queue, _wire.OP_PUT, b"x", None)
+        assert endpoint.call_sync(queue, _wire.OP_GET, b"", None) == b"x"
+        with pytest.raises(ClosedResourceError):
+            endpoint.call_sync(12345, _wire.OP_GET, b"", None)
+
+    async def main() -> None:
+        hub.ensure_attached()  # the hub is this loop's: the thread's calls run here
+        await asyncio.to_thread(in_thread)
+        await asyncio.sleep(0)  # the last withdrawal, sent from the thread, runs now
+        assert not event_state.waiters
+        assert not queue_state.getters
+        assert not queue_state.items
+
+    local = _hub._local
+    _hub._local = hub
+    try:
+        asyncio.run(main())
+    finally:
+        _hub._local = local
+        hub.backend = None  # that loop is gone
