@@ -74,6 +74,8 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._loop import Backend, Future
 
 __all__ = (
@@ -329,7 +331,7 @@ class _ThreadRequest(_LocalRequest):
     def __init__(self, hub: _hub.Hub, oid: int, op: int, arg: bytes, undo: Undo | None) -> None:
         super().__init__(hub, oid, op, arg, undo, threading.Event())
 
-    def _in_loop(self, fn: Any) -> None:
+    def _in_loop(self, fn: Callable[[], object]) -> None:
         backend = self.hub.backend
         assert backend is not None
         backend.call_soon_threadsafe(fn)

@@ -35,8 +35,9 @@ Invariants:
 - An object's ``handles`` is the sum of every connection's ``handles[oid]``, the hosting
   process's own handles, and the handles in transit (``transits``); it goes when that sum
   reaches 0.
-- A request with a rid is in its connection's ``waiting`` from its arrival until it is
-  answered or withdrawn; nothing answers a rid that is not there.
+- A request (rid > 0) to an object's state is in its connection's ``waiting`` from its
+  arrival until answered or withdrawn, and whoever answers or withdraws it takes it out
+  first: each such request gets one answer (``OP_CANCEL`` then adds ``STATUS_CANCELLED``).
 
 Security: the socket is bound in Linux's abstract namespace under a random name: there is
 no file, so nothing is left behind however the process ends (the kernel drops the name
