@@ -100,7 +100,8 @@ async def test_cancel_a_task_that_started_after_an_unread_reply(tmp_path: Path) 
                 await anyio.sleep(0.005)
         d = pool._dispatcher
         assert d is not None
-        while d._burst:  # the loop turn of `ahead` is over: the next job is written at once
+        # Until the loop turn of `ahead` is over: the next job is then written at once.
+        while d._pump_scheduled:
             await anyio.lowlevel.checkpoint()
         # Sent now, while the worker is busy with `ahead`: it arrives in a read of its own.
         hung = pool.submit(soak_tasks.announce_and_hang, str(hung_runs))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import functools
@@ -24,11 +23,23 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, o
 
 import anyio
 
-from ._core import _codec, _loop, _payload, _spawn, _wire
-from ._core._dispatch import CANCELLED, DONE, RUNNING, Dispatcher, Job, PoolConfig
-from ._exceptions import PoolClosedError, SerializationError
+from ._core import _loop
+from ._core._dispatch import (
+    MODE_MAP,
+    MODE_STARMAP,
+    MODE_STREAM,
+    STREAM_ACK,
+    Dispatcher,
+    JobState,
+    JobView,
+    PoolConfig,
+    default_chunksize,
+    resolve_start_method,
+)
+from ._exceptions import PoolClosedError
 
 if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
     from collections.abc import Generator
     from types import TracebackType
 
@@ -90,7 +101,7 @@ class Task(Generic[T_co]):
     # so wait, as_completed, gather, shield) take the task as it is.
     _asyncio_future_blocking = False
 
-    def __init__(self, dispatcher: Dispatcher, job: Job) -> None:
+    def __init__(self, dispatcher: Dispatcher, job: JobView) -> None:
         self._dispatcher = dispatcher
         self._job = job
         self._callbacks: list[tuple[Callable[[Task[T_co]], object], Any]] | None = None
@@ -115,11 +126,10 @@ class Task(Generic[T_co]):
 
     def running(self) -> bool:
         """True while a worker runs the task (not while it waits in the queue or a pipe)."""
-        job = self._job
-        return job.state == RUNNING and job.started != 0.0
+        return self._job.running()
 
     def cancelled(self) -> bool:
-        return self._job.state == CANCELLED
+        return self._job.state == JobState.CANCELLED
 
     def result(self) -> T_co:
         """The task's return value (or raise its exception) once it is done.
@@ -129,15 +139,15 @@ class Task(Generic[T_co]):
             asyncio.CancelledError: the task was cancelled.
         """
         if not self._job.finished():
-            raise asyncio.InvalidStateError("the task is not done yet")
+            raise _loop.invalid_state_error("the task is not done yet")
         return self._job.outcome()  # type: ignore[no-any-return]
 
     def exception(self) -> BaseException | None:
         """The task's exception, or None if it returned a value."""
         if not self._job.finished():
-            raise asyncio.InvalidStateError("the task is not done yet")
-        if self._job.state == CANCELLED:
-            raise asyncio.CancelledError
+            raise _loop.invalid_state_error("the task is not done yet")
+        if self._job.state == JobState.CANCELLED:
+            raise _loop.cancelled_error()
         return self._job.error
 
     def add_done_callback(
@@ -149,7 +159,7 @@ class Task(Generic[T_co]):
             return
         if self._callbacks is None:
             self._callbacks = []
-            self._job.notify = self._notify
+            self._dispatcher.on_done(self._job, self._notify)
         self._callbacks.append((callback, context))
 
     def remove_done_callback(self, callback: Callable[[Task[T_co]], object]) -> int:
@@ -162,29 +172,21 @@ class Task(Generic[T_co]):
         callbacks[:] = kept
         return removed
 
-    def _notify(self, _: Job) -> None:
+    def _notify(self, _: JobView) -> None:
         callbacks, self._callbacks = self._callbacks or [], []
         for callback, context in callbacks:
             self._schedule(callback, context)
 
     def _schedule(self, callback: Callable[[Task[T_co]], object], context: Any) -> None:
-        backend = self._dispatcher.backend
-        loop = getattr(backend, "loop", None)
-        if loop is not None:
-            loop.call_soon(callback, self, context=context)
-        else:
-            backend.call_soon(functools.partial(callback, self))
+        self._dispatcher.backend.call_soon_with(callback, self, context)
 
-    def get_loop(self) -> asyncio.AbstractEventLoop:
+    def get_loop(self) -> AbstractEventLoop:
         """The asyncio event loop the task belongs to (asyncio.Future's protocol)."""
-        loop = getattr(self._dispatcher.backend, "loop", None)
-        if loop is None:
-            raise RuntimeError("the task belongs to a trio run, not an asyncio event loop")
-        return loop  # type: ignore[no-any-return]
+        return self._dispatcher.backend.asyncio_loop()
 
-    def _make_cancelled_error(self) -> asyncio.CancelledError:
+    def _make_cancelled_error(self) -> BaseException:
         # asyncio.gather() asks a cancelled child future for the error to raise.
-        return asyncio.CancelledError()
+        return _loop.cancelled_error()
 
     def __repr__(self) -> str:
         state = ("queued", "running", "done", "failed", "cancelled")[self._job.state]
@@ -240,7 +242,7 @@ class ProcessPool:
         _check_int("retries", retries, minimum=0)
         if task_timeout is not None:
             _check_seconds("task_timeout", task_timeout)
-        start_method = _spawn.resolve_start_method(start_method)
+        start_method = resolve_start_method(start_method)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable; got {initializer!r}")
         try:
@@ -251,15 +253,15 @@ class ProcessPool:
                 f"got {type(initargs).__name__}"
             ) from None
         self._max_workers = max_workers
-        self._initializer = initializer
-        self._initargs = initargs
-        self._settings = dict(
+        self._config = PoolConfig(
             max_workers=max_workers,
             concurrency=concurrency,
             max_tasks_per_child=max_tasks_per_child,
             task_timeout=task_timeout,
             retries=retries,
             start_method=start_method,
+            initializer=initializer,
+            initargs=initargs,
         )
         self._dispatcher: Dispatcher | None = None
         self._keeper: Handle | None = None
@@ -281,19 +283,14 @@ class ProcessPool:
             raise self._foreign_loop(dispatcher)
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        backend = _loop.current_backend()
-        init = b""
-        if self._initializer is not None:
-            init = _codec.dumps((self._initializer, self._initargs))
-        config = PoolConfig(initializer=init, **self._settings)  # type: ignore[arg-type]
-        dispatcher = Dispatcher(backend, config)
+        dispatcher = Dispatcher(_loop.current_backend(), self._config)
         self._dispatcher = dispatcher
         try:
             dispatcher.start()
         except BaseException:
             dispatcher.terminate_sync()
             raise
-        self._keeper = backend.start_task(functools.partial(_end_with_the_loop, dispatcher))
+        self._keeper = dispatcher.until_loop_ends()
         return dispatcher
 
     @staticmethod
@@ -343,8 +340,7 @@ class ProcessPool:
                 await dispatcher.aclose(cancel=True)
             raise
         finally:
-            if dispatcher.workers:
-                dispatcher.terminate_sync()
+            dispatcher.terminate_sync()  # nothing left to do if it closed cleanly
             self._stop_keeper()
 
     def _stop_keeper(self) -> None:
@@ -363,8 +359,7 @@ class ProcessPool:
             )
             dispatcher.terminate_sync()
             if dispatcher.backend.is_current():
-                with contextlib.suppress(Exception):
-                    self._stop_keeper()
+                self._stop_keeper()
 
     def __repr__(self) -> str:
         d = self.__dict__.get("_dispatcher")
@@ -389,25 +384,6 @@ class ProcessPool:
 
     # --- single tasks -----------------------------------------------------------------------
 
-    def _job(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Dispatcher, Job]:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable; got {fn!r}")
-        return self._job_on(self._engine(), fn, args, kwargs)
-
-    def _job_on(
-        self, d: Dispatcher, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Dispatcher, Job]:
-        fn_id = d.function_id(fn)
-        try:
-            payload, release = _payload.dumps_maybe_large((args, kwargs or None))
-        except SerializationError:
-            raise _argument_error(args, kwargs) from None
-        job = Job(fn_id, payload)
-        job.release = release  # large buffers wait in shared memory until the job ends
-        return d, job
-
     @overload
     async def apply(self, fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
     @overload
@@ -426,22 +402,8 @@ class ProcessPool:
             TimeoutError: the task ran past ``task_timeout``.
             PoolClosedError: the pool is closed.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable; got {fn!r}")
-        d = self._engine()
-        if d.backend.cancel_pending():
-            await d.backend.checkpoint()  # a cancelled caller never reaches a worker
-        d, job = self._job_on(d, fn, args, kwargs)
-        d.submit(job)
-        # Dispatcher.wait, inlined: this is the hottest path of the library.
-        if not job.finished():
-            waiter = job.waiter = d.backend.create_future()
-            try:
-                await waiter
-            except BaseException:
-                d.cancel(job)
-                raise
-        return job.outcome()  # type: ignore[no-any-return]
+        _check_callable("fn", fn)
+        return await self._engine().apply(fn, args, kwargs)  # type: ignore[no-any-return]
 
     @overload
     def submit(self, fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
@@ -455,9 +417,9 @@ class ProcessPool:
         The task's result type is ``fn``'s (for an ``async def`` function, what its
         coroutine returns).
         """
-        d, job = self._job(fn, args, kwargs)
-        d.submit(job)
-        return Task(d, job)
+        _check_callable("fn", fn)
+        d = self._engine()
+        return Task(d, d.call(fn, args, kwargs))
 
     # --- many tasks -------------------------------------------------------------------------
 
@@ -579,7 +541,7 @@ class ProcessPool:
         chunksize: int | None = None,
     ) -> list[Any]:
         """Like :meth:`map`, calling ``fn(*args)`` for each tuple of arguments."""
-        return await self._map(fn, iterable, chunksize, _wire.MODE_STARMAP)
+        return await self._map(fn, iterable, chunksize, MODE_STARMAP)
 
     async def _map(
         self,
@@ -596,29 +558,9 @@ class ProcessPool:
             items = [item async for item in iterable]
         else:
             items = list(iterable)
-        if mode == _wire.MODE_STARMAP:
+        if mode == MODE_STARMAP:
             items = [tuple(args) for args in items]
-        if not items:
-            return []
-        if chunksize is None:
-            chunksize = _default_chunksize(len(items), d.config.max_workers * d.config.concurrency)
-        jobs = [
-            _chunk_job(d, fn_id, items[start : start + chunksize], start, mode)
-            for start in range(0, len(items), chunksize)
-        ]
-        # A chunk's results arrive in parts as they finish (they count in statistics()
-        # as they come), then with its end. Parts are kept as they came: each result is
-        # copied once, into the list returned.
-        parts: list[list[list[Any]]] = [[] for _ in jobs]
-        for job, got in zip(jobs, parts, strict=True):
-            job.on_item = got.append
-        await _run_all(d, jobs)
-        results: list[Any] = []
-        for job, got in zip(jobs, parts, strict=True):
-            for part in got:
-                results += part
-            results += job.value
-        return results
+        return await d.map(fn_id, items, chunksize, mode)
 
     @overload
     def imap(
@@ -804,9 +746,8 @@ class ProcessPool:
         ahead of the consumer. Leaving the loop early stops the generator's worker. The
         items' type is what the generator yields.
         """
-        d, job = self._job(gen_fn, args, kwargs)
-        job.mode = _wire.MODE_STREAM
-        return StreamIterator(d, job)
+        _check_callable("fn", gen_fn)
+        return StreamIterator(self._engine(), gen_fn, args, kwargs)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -819,18 +760,9 @@ def _check_seconds(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a positive number of seconds or None; got {value!r}")
 
 
-async def _end_with_the_loop(dispatcher: Dispatcher) -> None:
-    """Sleeps until the pool's event loop shuts down, then releases the pool's workers.
-
-    ``asyncio.run()``, ``asyncio.Runner`` (pytest-asyncio's loops) and ``trio.run()``
-    cancel what is left when their main task returns; a pool still open then would keep
-    its workers until the interpreter exits. The pool cancels this task once closed.
-    """
-    try:
-        await dispatcher.backend.create_future()
-    finally:
-        if not dispatcher.closed:
-            dispatcher.terminate_sync()
+def _check_callable(name: str, fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable; got {fn!r}")
 
 
 def _zip_inputs(method: str, iterables: tuple[Any, ...]) -> tuple[_Items[Any], int]:
@@ -852,10 +784,10 @@ def _zip_inputs(method: str, iterables: tuple[Any, ...]) -> tuple[_Items[Any], i
                 f"argument {position} of {method}() must be iterable; got {type(iterable).__name__}"
             ) from None
     if len(iterables) == 1:
-        return iterables[0], _wire.MODE_MAP
+        return iterables[0], MODE_MAP
     if any(isinstance(iterable, AsyncIterable) for iterable in iterables):
-        return _AsyncZip(iterables), _wire.MODE_STARMAP
-    return zip(*iterables, strict=False), _wire.MODE_STARMAP
+        return _AsyncZip(iterables), MODE_STARMAP
+    return zip(*iterables, strict=False), MODE_STARMAP
 
 
 class _AsyncZip:
@@ -900,83 +832,6 @@ def _check_int(name: str, value: object, *, minimum: int) -> None:
         raise ValueError(f"{name} must be {relation}; got {value}")
 
 
-def _argument_error(args: tuple[Any, ...], kwargs: dict[str, Any]) -> SerializationError:
-    named = [(f"argument {i}", v) for i, v in enumerate(args)]
-    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-    for what, value in named:
-        try:
-            _codec.dumps(value)
-        except SerializationError as exc:
-            cause = exc.__cause__
-            return SerializationError(
-                f"cannot send {what} of type {_codec.type_name(value)!r} to a worker: {cause}"
-            )
-    return SerializationError("cannot send the arguments to a worker")
-
-
-def _default_chunksize(n: int, slots: int) -> int:
-    # As multiprocessing.Pool.map: about four chunks per worker, so that the load evens out
-    # while each chunk is big enough for the per-message cost to vanish.
-    size, extra = divmod(n, slots * 4)
-    return max(1, size + bool(extra))
-
-
-def _chunk_job(d: Dispatcher, fn_id: int, chunk: list[Any], start: int, mode: int) -> Job:
-    try:
-        payload = _codec.dumps(chunk)
-    except SerializationError:
-        for offset, item in enumerate(chunk):
-            try:
-                _codec.dumps(item)
-            except SerializationError as exc:
-                raise SerializationError(
-                    f"cannot send input item {start + offset} of type "
-                    f"{_codec.type_name(item)!r} to a worker: {exc.__cause__}"
-                ) from None
-        raise
-    timeout = d.config.task_timeout
-    if timeout is not None:
-        timeout *= len(chunk)
-    return Job(fn_id, payload, mode, timeout)
-
-
-async def _run_all(d: Dispatcher, jobs: list[Job]) -> None:
-    """Submit ``jobs``, wait for all of them; on the first failure cancel the rest, raise."""
-    if d.backend.cancel_pending():
-        await d.backend.checkpoint()  # a cancelled caller never reaches a worker
-    waiter = d.backend.create_future()
-    remaining = len(jobs)
-    failed: list[Job] = []  # not the waiter's result: a finished future may outlive us
-
-    def notify(job: Job) -> None:
-        nonlocal remaining
-        remaining -= 1
-        if job.state != DONE:
-            failed.append(job)
-        if (failed or not remaining) and not waiter.done():
-            waiter.set_result(None)
-
-    for job in jobs:
-        job.notify = notify
-    try:
-        for job in jobs:
-            d.submit(job)
-        await waiter
-    except BaseException:
-        for job in jobs:
-            d.cancel(job)
-        raise
-    finally:
-        # job -> notify -> job is a cycle: broken here, the results go as soon as the
-        # caller drops them, not at the next run of the cycle collector.
-        for job in jobs:
-            job.notify = None
-    if failed:
-        for job in jobs:
-            d.cancel(job)
-        failed[0].outcome()
-
-
 _MAX_CHUNK = 4096
 
 
@@ -995,7 +850,7 @@ class MapIterator(Generic[T]):
         chunksize: int | None,
         *,
         ordered: bool,
-        mode: int = _wire.MODE_MAP,
+        mode: int = MODE_MAP,
     ) -> None:
         if chunksize is not None:
             _check_int("chunksize", chunksize, minimum=1)
@@ -1013,14 +868,12 @@ class MapIterator(Generic[T]):
             self._sync = iter(iterable)
             if chunksize is None and hasattr(iterable, "__len__"):
                 n = len(iterable)  # type: ignore[arg-type]
-                slots = d.config.max_workers * d.config.concurrency
                 # Capped: imap promises bounded memory even over range(10**9).
-                chunksize = min(_default_chunksize(n, slots), _MAX_CHUNK)
+                chunksize = min(default_chunksize(n, d.slots), _MAX_CHUNK)
             self._size = chunksize or 1
             self._adaptive = chunksize is None
-        slots = d.config.max_workers * d.config.concurrency
-        self._window = max(2, 2 * slots)
-        self._inflight: dict[int, Job] = {}
+        self._window = max(2, 2 * d.slots)
+        self._inflight: dict[int, JobView] = {}
         self._order: dict[int, int] = {}  # job id -> position in the input (imap)
         self._submitted_at: dict[int, float] = {}
         self._finished: collections.deque[int] = collections.deque()
@@ -1051,7 +904,7 @@ class MapIterator(Generic[T]):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _on_done(self, job: Job) -> None:
+    def _on_done(self, job: JobView) -> None:
         self._finished.append(job.id)
         self._wake()
 
@@ -1070,10 +923,15 @@ class MapIterator(Generic[T]):
         self._wake()
 
     def _submit(self, chunk: list[Any]) -> None:
-        job = _chunk_job(self._d, self._fn_id, chunk, self._start, self._mode)
+        job = self._d.chunk(
+            self._fn_id,
+            chunk,
+            self._start,
+            self._mode,
+            on_item=_weak_part(self, self._next_seq),
+            on_done=_weak(self._on_done),
+        )
         self._start += len(chunk)
-        job.notify = _weak(self._on_done)
-        job.on_item = _weak_part(self, self._next_seq)
         self._d.submit(job)
         self._inflight[job.id] = job
         self._submitted_at[job.id] = self._d.backend.time()
@@ -1119,7 +977,7 @@ class MapIterator(Generic[T]):
         elif elapsed > 0.05 and self._size > 1:
             self._size //= 2
 
-    def _take(self) -> Job | None:
+    def _take(self) -> JobView | None:
         finished = self._finished
         if self._ordered:
             for job_id in finished:
@@ -1147,7 +1005,7 @@ class MapIterator(Generic[T]):
                 room = self._room
                 if room is not None and not room.done():
                     room.set_result(None)
-                if job.state != DONE:
+                if job.state != JobState.DONE:
                     # Its results before the failure were yielded already: they came
                     # before the failure, and the buffer is empty here.
                     await self.aclose()
@@ -1197,7 +1055,7 @@ class MapIterator(Generic[T]):
     def __del__(self) -> None:
         if not self.__dict__.get("_closed", True) and self.__dict__.get("_inflight"):
             # Dropped mid-iteration (a `break`): cancel from the loop, not from the GC.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs
                 self._d.backend.call_soon(self._cancel_inflight)
 
 
@@ -1275,21 +1133,25 @@ async def _feed(ref: weakref.ref[MapIterator[Any]], source: AsyncIterator[Any]) 
             raise
 
 
-_ACK_EVERY = 32  # half of the worker's STREAM_WINDOW
-
-
 class StreamIterator(Generic[T]):
     """The async iterator returned by ``stream``."""
 
-    def __init__(self, d: Dispatcher, job: Job) -> None:
+    def __init__(
+        self, d: Dispatcher, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self._d = d
-        self._job = job
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: Future | None = None
         self._consumed = 0
         self._closed = False
-        job.on_item = job.notify = _weak(self._on_item)
-        d.submit(job)
+        self._job = d.call(
+            fn,
+            args,
+            kwargs,
+            mode=MODE_STREAM,
+            on_item=_weak(self._on_item),
+            on_done=_weak(self._on_done),
+        )
 
     def __aiter__(self) -> StreamIterator[T]:
         return self
@@ -1301,8 +1163,10 @@ class StreamIterator(Generic[T]):
         await self.aclose()
 
     def _on_item(self, item: Any) -> None:
-        if not isinstance(item, Job):
-            self._items.append(item)
+        self._items.append(item)
+        self._on_done()
+
+    def _on_done(self, _: object = None) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -1312,14 +1176,12 @@ class StreamIterator(Generic[T]):
         while True:
             if self._items:
                 self._consumed += 1
-                if self._consumed % _ACK_EVERY == 0 and not job.finished():
-                    worker = job.worker
-                    if worker is not None:
-                        self._d.send_control(worker, _wire.Ack(job.id, _ACK_EVERY))
+                if self._consumed % STREAM_ACK == 0:
+                    self._d.ack(job, STREAM_ACK)
                 return self._items.popleft()  # type: ignore[no-any-return]
             if job.finished() or self._closed:
                 self._closed = True
-                if job.state == DONE or job.state == CANCELLED:
+                if job.state == JobState.DONE or job.state == JobState.CANCELLED:
                     raise StopAsyncIteration
                 job.outcome()
             waiter = self._waiter = self._d.backend.create_future()
@@ -1341,35 +1203,20 @@ class StreamIterator(Generic[T]):
     def __del__(self) -> None:
         job = self.__dict__.get("_job")
         if job is not None and not job.finished():
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs
                 self._d.backend.call_soon(self._cancel_inflight)
 
 
 # --- the default pool ---------------------------------------------------------------------
 
-_default_pools: weakref.WeakKeyDictionary[Any, ProcessPool] = weakref.WeakKeyDictionary()
-_trio_default: Any = None
-
 
 def _default_pool() -> ProcessPool:
-    backend = _loop.current_backend()
-    if backend.name == "trio":
-        global _trio_default
-        import trio
-
-        if _trio_default is None:
-            _trio_default = trio.lowlevel.RunVar("aioproc_default_pool")
-        try:
-            return _trio_default.get()  # type: ignore[no-any-return]
-        except LookupError:
-            pool = ProcessPool()  # shut down with the run, as every pool (_end_with_the_loop)
-            _trio_default.set(pool)
-            return pool
-    loop = asyncio.get_running_loop()
-    pool_ = _default_pools.get(loop)
-    if pool_ is None or pool_._closed:
-        pool_ = _default_pools[loop] = ProcessPool()
-    return pool_
+    backend = _loop.current_backend()  # one per asyncio loop or trio run
+    pool: ProcessPool | None = backend.default_pool
+    if pool is None or pool._closed:
+        # Shut down with its loop, as every pool (Dispatcher.until_loop_ends).
+        pool = backend.default_pool = ProcessPool()
+    return pool
 
 
 @overload

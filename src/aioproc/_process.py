@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
-from ._core import _loop, _payload, _spawn
-from ._core._dispatch import Dispatcher, Job, PoolConfig
+from ._core import _loop
+from ._core._dispatch import JobView, ProcessRun, resolve_start_method
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -77,14 +77,13 @@ class Process(Generic[T]):
     ) -> None:
         if not callable(target):
             raise TypeError(f"target must be callable; got {target!r}")
-        start_method = _spawn.resolve_start_method(start_method)
+        start_method = resolve_start_method(start_method)
         self._target = target
         self._args = tuple(args)
         self._kwargs = dict(kwargs or {})
         self.name = name if name is not None else f"Process-{next(_counter)}"
         self._start_method = start_method
-        self._dispatcher: Dispatcher | None = None
-        self._job: Job | None = None
+        self._run: ProcessRun | None = None
         self._started = False
         self._ended = False
         self._waiters: list[Future] = []  # join() and result() callers
@@ -98,57 +97,40 @@ class Process(Generic[T]):
             RuntimeError: started twice, or no event loop is running.
             SerializationError: the target or an argument cannot be pickled.
         """
-        if self._dispatcher is not None:
+        if self._run is not None:
             raise RuntimeError("a process can only be started once")
-        backend = _loop.current_backend()
-        d = Dispatcher(
-            backend,
-            PoolConfig(
-                max_workers=1,
-                concurrency=1,
-                max_tasks_per_child=1,
-                task_timeout=None,
-                retries=0,
-                start_method=self._start_method,
-                initializer=b"",
-                process=True,
-            ),
-        )
-        fn_id = d.function_id(self._target)
-        payload, release = _payload.dumps_maybe_large((self._args, self._kwargs or None))
-        job = Job(fn_id, payload)
-        job.release = release
-        d.start()
-        d.submit(job)
-        d.closing = True  # one task, no replacement worker
-        (worker,) = d.workers
-        self.pid = worker.pid
-        self._started = True
-        # Sent: the process no longer needs them, and holding them would keep shared
-        # objects among the arguments (and their memory) alive as long as this handle.
-        self._args, self._kwargs = (), {}
         # The callbacks reach this handle weakly: no cycle through the dispatcher keeps a
         # finished, forgotten Process (and what it holds) waiting for the cyclic GC.
         ref = weakref.ref(self)
 
-        def on_exit() -> None:
+        def on_exit(exitcode: int | None) -> None:
             me = ref()
             if me is not None:
-                me.exitcode = worker.proc.exitcode
+                me.exitcode = exitcode
                 me._ended = True
                 _running.discard(me)
                 me._wake()
 
-        def on_done(_: Job) -> None:
+        def on_done(_: JobView) -> None:
             me = ref()
             if me is not None:
                 me._wake()
 
-        worker.exited.append(on_exit)
-        job.notify = on_done
+        self._run = ProcessRun(
+            _loop.current_backend(),
+            self._target,
+            self._args,
+            self._kwargs,
+            start_method=self._start_method,
+            on_exit=on_exit,
+            on_done=on_done,
+        )
+        self.pid = self._run.pid
+        self._started = True
+        # Sent: the process no longer needs them, and holding them would keep shared
+        # objects among the arguments (and their memory) alive as long as this handle.
+        self._args, self._kwargs = (), {}
         _running.add(self)  # a started process is not collected while it runs
-        self._dispatcher = d
-        self._job = job
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -158,10 +140,10 @@ class Process(Generic[T]):
 
     async def _wait_for(self, ready: Callable[[], bool]) -> None:
         # A future per caller: one caller's timeout or cancellation never affects another.
-        d = self._dispatcher
-        assert d is not None
+        run = self._run
+        assert run is not None
         while not ready():
-            waiter = d.backend.create_future()
+            waiter = run.backend.create_future()
             self._waiters.append(waiter)
             await waiter
 
@@ -187,8 +169,8 @@ class Process(Generic[T]):
             WorkerDiedError: the process ended without a result (killed, ``os._exit``).
         """
         self._check_started()
-        job = self._job
-        assert job is not None
+        assert self._run is not None
+        job = self._run.job
         await self._wait_for(job.finished)
         return job.outcome()  # type: ignore[no-any-return]
 
@@ -201,21 +183,17 @@ class Process(Generic[T]):
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
-        d = self._dispatcher
-        if d is None:
+        if self._run is None:
             raise RuntimeError("the process was not started")
-        for worker in d.workers:
-            worker.proc.kill(sig)
+        self._run.signal(sig)
 
     def _check_started(self) -> None:
         if not self._started:
             raise RuntimeError("the process was not started")
 
     def _cleanup(self) -> None:
-        d = self._dispatcher
-        if d is not None and not d.workers:
-            d.closed = True
-            d.terminate_sync()
+        if self._run is not None:
+            self._run.release()
 
     async def __aenter__(self) -> Process[T]:
         self.start()
@@ -233,12 +211,12 @@ class Process(Generic[T]):
             await self.join()
 
     def __del__(self) -> None:
-        d = self.__dict__.get("_dispatcher")
-        if d is not None and d.workers:
-            d.terminate_sync()
+        run = self.__dict__.get("_run")
+        if run is not None:
+            run.terminate_sync()
 
     def __repr__(self) -> str:
-        if self._dispatcher is None:
+        if self._run is None:
             state = "initial"
         elif self.exitcode is None:
             state = "started"

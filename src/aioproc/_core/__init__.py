@@ -5,7 +5,8 @@ but for ``aioproc._exceptions``. Inside, imports go one way, down this order (a 
 imports only modules of the layers below its own; modules of one layer import none of each
 other)::
 
-    _dispatch                     the parent's scheduler: work table, routing, supervision
+    _dispatch                     the parent's scheduler: queue, pick, supervision, timeouts
+    _link  _relay  _functions     a worker's pipes; its output and logs; the function table
     _spawn  _forkserver           starting worker processes
     _worker                       the worker process: its entry point and blocking loop
     _worker_async                 the worker's asyncio loop (concurrency > 1)
@@ -35,5 +36,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_worker_async",),
     ("_worker",),
     ("_spawn", "_forkserver"),
+    ("_link", "_relay", "_functions"),
     ("_dispatch",),
 )

@@ -1,28 +1,35 @@
-"""The parent-side scheduler: work table, result routing, worker supervision.
+"""The parent-side scheduler: the engine's API, the queue, result routing, supervision.
 
 Data flow::
 
-    pool.apply / map / imap / stream
-            │  Job (pickled args, function id)
+    pool.apply / map / imap / stream ──▶ call() / chunk(): the function id (_functions), the
+            │                            arguments pickled, a Job
             ▼
-    queue ──pump()──▶ worker.outbuf ──one write per loop turn──▶ task pipe ──▶ worker
-                                                                               │
+    queue ──pump()──▶ link.outbuf ──one write per loop turn──▶ task pipe ──▶ worker
+                                                                              │
     Job resolved ◀── route() ◀── FrameReader ◀── read on readiness ◀── result pipe
-    (future woken)                                       (event loop's own epoll)
+    (on_done, future)                                   (event loop's own epoll)
 
     worker.sentinel readable ──▶ on_exit(): drain last results, fail or retry what was
                                  running, requeue what never started, start a replacement
+
+Roles: the pipes and write buffer of one worker are a ``WorkerLink`` (``_link.py``), the
+function table is ``_functions.py``, printed output and logs are replayed by ``_relay.py``.
+This module decides: which worker gets which job, when a job's clock runs, what a death,
+a timeout or a cancellation does to each job. The public layer (``_pool.py``,
+``_process.py``) talks to it only through ``Dispatcher``'s public methods and reads jobs
+through ``JobView``.
 
 Everything runs on the event loop thread; nothing here blocks except the few-microsecond
 syscalls of a spawn.
 
 Invariants:
-- ``worker.jobs`` lists a worker's jobs in the order they were written to its pipe. A
+- ``_Worker.jobs`` lists a worker's jobs in the order they were written to its pipe. A
   worker starts jobs in that order, at most ``concurrency`` at a time, so the first
   ``concurrency`` entries are the ones that may be running; the rest have not started.
   When a worker dies, only those may have side effects: they fail (or are retried), the
   rest go back to the front of the queue.
-- A job is resolved exactly once (``Job.state`` leaves RUNNING once); a late reply for a job
+- A job is resolved exactly once (``Job.state`` leaves SENT once); a late reply for a job
   that was cancelled or timed out finds no entry and is dropped.
 - The parent keeps a worker's task pipe open until the worker has been reaped: for the
   worker, a hang-up on that pipe means the parent died (see ``_worker.py``).
@@ -37,64 +44,72 @@ Tunables:
 - ``_CANCEL_GRACE``: how long a coroutine task cancelled in a ``concurrency > 1`` worker may
   take to stop before the worker is killed (a sync function there cannot be interrupted).
 - ``_STOP_GRACE``: how long a closing pool waits for a stopped worker before killing it.
+- ``STREAM_ACK``: items a stream's consumer takes before it returns credit to the worker:
+  half the worker's window, so the worker never runs dry while the consumer keeps up.
 """
 
 from __future__ import annotations
 
 import atexit
-import codecs
 import collections
 import contextlib
 import copy
+import enum
 import functools
 import itertools
 import logging
 import os
 import signal
 import sys
-import types
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from .._exceptions import PoolClosedError, SerializationError, WorkerDiedError
-from . import _codec, _fds, _hub, _payload, _spawn, _wire
+from .._exceptions import ClosedResourceError, PoolClosedError, SerializationError, WorkerDiedError
+from . import _codec, _fds, _hub, _loop, _payload, _relay, _spawn, _wire
+from ._functions import FunctionTable
+from ._link import WorkerLink
+from ._spawn import resolve_start_method
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from ._loop import Backend, Future, Handle
 
-__all__ = ("Dispatcher", "Job", "PoolConfig")
+__all__ = (
+    "Dispatcher",
+    "JobState",
+    "JobView",
+    "PoolConfig",
+    "ProcessRun",
+    "default_chunksize",
+    "resolve_start_method",
+)
 
-_READ_SIZE = 1 << 18
 _PREFETCH_FAST = 32
 _PREFETCH_SLOW = 0
 _FAST_TASK = 0.0005
 _STOP_GRACE = 5.0
 _CANCEL_GRACE = 2.0
-_FUNCTION_CACHE = 256
+STREAM_ACK = _wire.STREAM_WINDOW // 2
+
+MODE_CALL = _wire.MODE_CALL
+MODE_MAP = _wire.MODE_MAP
+MODE_STARMAP = _wire.MODE_STARMAP
+MODE_STREAM = _wire.MODE_STREAM
 
 
-def _cacheable(fn: object) -> bool:
-    """Is ``fn`` immutable by identity, so that its pickle may be reused for later calls?
+class JobState(enum.IntEnum):
+    """Where a job is. The order matters: ``state > SENT`` means resolved."""
 
-    Only module-level functions, built-in functions of a module, and classes: what they
-    do cannot change while the same object lives. Anything that carries state (a bound
-    method such as ``d.get``, a closure, a partial, a callable instance) may change
-    between two calls, so it is pickled with each call, and the pool keeps no reference
-    to it.
-    """
-    kind = type(fn)
-    if kind is types.FunctionType:
-        plain: types.FunctionType = fn  # type: ignore[assignment]
-        return plain.__closure__ is None and "<locals>" not in plain.__qualname__
-    if kind is types.BuiltinFunctionType:
-        owner = fn.__self__  # type: ignore[attr-defined]
-        return owner is None or type(owner) is types.ModuleType
-    return isinstance(fn, type) and "<locals>" not in fn.__qualname__
+    QUEUED = 0  # in the dispatcher's queue
+    SENT = 1  # written to a worker's pipe; running there once ``Job.started`` is set
+    DONE = 2
+    FAILED = 3
+    CANCELLED = 4
 
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = range(5)
+# Module-level names for the hot paths (a global load, not an enum attribute lookup).
+QUEUED, SENT, DONE, FAILED, CANCELLED = JobState
 
 _log = logging.getLogger("aioproc")
 
@@ -104,6 +119,7 @@ class PoolConfig:
 
     __slots__ = (
         "concurrency",
+        "initargs",
         "initializer",
         "max_tasks_per_child",
         "max_workers",
@@ -122,7 +138,8 @@ class PoolConfig:
         task_timeout: float | None,
         retries: int,
         start_method: str,
-        initializer: bytes,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
         process: bool = False,
     ) -> None:
         self.max_workers = max_workers
@@ -132,15 +149,32 @@ class PoolConfig:
         self.retries = retries
         self.start_method = start_method
         self.initializer = initializer
-        self.process = process
+        self.initargs = initargs
+        self.process = process  # one aioproc.Process: exit status follows its function
+
+
+class JobView(Protocol):
+    """What the public layer may read of a job; only the dispatcher changes one."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def state(self) -> JobState: ...
+    @property
+    def value(self) -> Any: ...
+    @property
+    def error(self) -> BaseException | None: ...
+    def finished(self) -> bool: ...
+    def running(self) -> bool: ...
+    def outcome(self) -> Any: ...
 
 
 class Job:
     """One unit of work: a call, a chunk of a map, or a stream.
 
     A stream's items and a map chunk's results as they finish (a list at a time, in input
-    order; ``delivered`` counts them) go to ``on_item``, which a chunk's owner must set; a
-    chunk's ``value`` is the list of its results that came with its end.
+    order; ``delivered`` counts them) go to ``on_item``; a chunk's ``value`` is the list of
+    its results that came with its end.
     """
 
     __slots__ = (
@@ -148,9 +182,10 @@ class Job:
         "error",
         "error_tb",
         "fn_id",
+        "future",
         "id",
         "mode",
-        "notify",
+        "on_done",
         "on_item",
         "payload",
         "release",
@@ -160,7 +195,6 @@ class Job:
         "timeout",
         "timer",
         "value",
-        "waiter",
         "worker",
     )
 
@@ -168,94 +202,96 @@ class Job:
         self,
         fn_id: int,
         payload: bytes,
-        mode: int = _wire.MODE_CALL,
+        mode: int = MODE_CALL,
         timeout: float | None = None,
     ) -> None:
         self.id = 0
         self.fn_id = fn_id
         self.payload = payload
         self.mode = mode
+        # Invariant: moves QUEUED -> SENT -> (QUEUED again when requeued after a death)
+        # and at most once to DONE, FAILED or CANCELLED, where it stays.
         self.state = QUEUED
         self.value: Any = None
         self.error: BaseException | None = None
-        self.error_tb: types.TracebackType | None = None  # the error's own, not the awaiters'
-        self.waiter: Future | None = None
-        self.notify: Callable[[Job], None] | None = None
+        self.error_tb: Any = None  # the error's own traceback, not the awaiters' frames
+        self.future: Future | None = None  # what ``Dispatcher.wait`` parks on
+        self.on_done: Callable[[Job], None] | None = None
         self.on_item: Callable[[Any], None] | None = None
         self.worker: _Worker | None = None
         self.timeout = timeout
-        self.timer: Handle | None = None
+        self.timer: Handle | None = None  # the timeout's, while the job's clock runs
+        # Invariant: 0.0 until the job starts on its worker (a new worker must be ready
+        # first, and a prefetched job waits for those ahead of it); then the loop time it
+        # started. A job is running iff ``state == SENT and started != 0.0``.
         self.started = 0.0
         self.retries = 0
         self.delivered = 0  # results of a map chunk already handed over (a retry skips them)
         self.release: Callable[[], None] | None = None  # frees shared memory of the args
 
     def finished(self) -> bool:
-        return self.state > RUNNING
+        return self.state > SENT
+
+    def running(self) -> bool:
+        return self.state == SENT and self.started != 0.0
 
     def outcome(self) -> Any:
         """The value, or raise the error (``CancelledError`` for a cancelled job)."""
         if self.state == DONE:
             return self.value
         if self.state == CANCELLED:
-            import asyncio
-
-            raise asyncio.CancelledError
+            raise _loop.cancelled_error()
         assert self.error is not None
         # As asyncio.Future.result(): each raise starts from the error's own traceback, so
         # awaiting a failed task again does not pile up the frames of every earlier await.
         raise self.error.with_traceback(self.error_tb)
 
 
-class _Worker:
+class _Worker(WorkerLink):
+    """A worker's link plus what the dispatcher tracks of it."""
+
     __slots__ = (
         "accepting",
         "assigned",
         "cancelling",
-        "decoders",
-        "exited",
-        "flush_pending",
-        "gone",
+        "defined",
+        "exit_callbacks",
         "jobs",
-        "known",
-        "outbuf",
-        "pid",
-        "proc",
-        "reader",
+        "output",
         "ready",
         "replaced",
-        "result_fd",
-        "task_fd",
-        "writing",
     )
 
     def __init__(self, proc: _spawn.ProcessHandle, task_fd: int, result_fd: int) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.task_fd = task_fd
-        self.result_fd = result_fd
-        self.reader = _wire.FrameReader()
-        self.outbuf = bytearray()
-        self.writing = False
-        self.flush_pending = False
+        super().__init__(proc, task_fd, result_fd)
+        # Invariant: in the order written to the pipe; the first ``concurrency`` may be
+        # running, the rest have not started (see the module's Invariants).
         self.jobs: dict[int, Job] = {}
-        self.known: set[int] = set()
-        self.assigned = 0
+        self.defined: set[int] = set()  # function ids this worker was sent a Define for
+        self.assigned = 0  # jobs ever written to it (for max_tasks_per_child)
         self.accepting = True
-        self.replaced = False
+        self.replaced = False  # a replacement was started (or none is wanted)
         self.ready = False  # set up, initializer run: the clock of its tasks may start
-        self.exited: list[Callable[[], None]] = []
-        self.gone = False  # reaped, fds closed: callbacks that still arrive do nothing
-        self.decoders: dict[int, codecs.IncrementalDecoder] = {}
+        self.exit_callbacks: list[Callable[[], None]] = []  # run once it has been reaped
+        self.output = _relay.OutputRelay()
         self.cancelling: dict[int, Handle] = {}  # job id -> grace timer (Cancel sent)
 
 
 class Dispatcher:
     """Runs jobs on a set of worker processes from inside one event loop."""
 
-    def __init__(self, backend: Backend, config: PoolConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: PoolConfig,
+        *,
+        launch: Callable[[str, int, int], _spawn.ProcessHandle] = _spawn.start_process,
+    ) -> None:
         self.backend = backend
         self.config = config
+        # Starts a worker process on a task pipe's read end and a result pipe's write end;
+        # the engine's tests pass one that starts no process.
+        self._launch = launch
         self.workers: list[_Worker] = []
         self.queue: collections.deque[Job] = collections.deque()
         self.closing = False
@@ -265,46 +301,295 @@ class Dispatcher:
         self.failed = 0
         self.restarts = 0
         self._ids = itertools.count(1)
-        self._fn_ids = itertools.count(1)
-        self._fn_by_obj: dict[Any, int] = {}
-        self._fn_by_blob: dict[bytes, int] = {}
-        self._fn_blobs: dict[int, bytes] = {}
-        self._burst = False
+        self.functions = FunctionTable(self._drop_function)
+        self._pump_scheduled = False
         self._dirty: list[_Worker] = []
         self._service = _FAST_TASK  # EWMA of task service time, seconds
         self._prefetch = 0
-        self._idle_waiters: list[Future] = []
+        self._idle_futures: list[Future] = []
         self._config_frame = self._make_config()
         _live.add(self)
+
+    @property
+    def slots(self) -> int:
+        """Tasks the pool runs at once: workers times their concurrency."""
+        return self.config.max_workers * self.config.concurrency
+
+    # --- the engine's API: calls ------------------------------------------------------------
+
+    def function_id(self, fn: Callable[..., Any]) -> int:
+        """The id under which workers know ``fn``; pickles it on first use.
+
+        Raises:
+            SerializationError: ``fn`` cannot be pickled.
+        """
+        return self.functions.id_of(fn)
+
+    def call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        mode: int = MODE_CALL,
+        on_item: Callable[[Any], None] | None = None,
+        on_done: Callable[[JobView], None] | None = None,
+    ) -> JobView:
+        """Submit ``fn(*args, **kwargs)``; return its job.
+
+        Raises:
+            SerializationError: ``fn`` or an argument (named) cannot be pickled.
+            PoolClosedError: the pool is closed or broken.
+        """
+        job = self._job(fn, args, kwargs, mode)
+        job.on_item = on_item
+        job.on_done = on_done
+        self.submit(job)
+        return job
+
+    async def apply(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` and return its result: the library's hottest path."""
+        backend = self.backend
+        if backend.cancel_pending():
+            await backend.checkpoint()  # a cancelled caller never reaches a worker
+        job = self._job(fn, args, kwargs, MODE_CALL)
+        self.submit(job)
+        if job.state <= SENT:
+            future = job.future = backend.create_future()
+            try:
+                await future
+            except BaseException:
+                self.cancel(job)
+                raise
+        return job.outcome()
+
+    def _job(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mode: int
+    ) -> Job:
+        fn_id = self.functions.id_of(fn)
+        try:
+            payload, release = _payload.dumps_maybe_large((args, kwargs or None))
+        except SerializationError:
+            raise _argument_error(args, kwargs) from None
+        job = Job(fn_id, payload, mode)
+        job.release = release  # large buffers wait in shared memory until the job ends
+        return job
+
+    # --- the engine's API: maps -------------------------------------------------------------
+
+    def chunk(
+        self,
+        fn_id: int,
+        items: list[Any],
+        start: int,
+        mode: int,
+        *,
+        on_item: Callable[[Any], None] | None = None,
+        on_done: Callable[[JobView], None] | None = None,
+    ) -> JobView:
+        """A job running ``fn`` over ``items`` (input positions from ``start``), not submitted.
+
+        Raises:
+            SerializationError: an item (named by its input position) cannot be pickled.
+        """
+        try:
+            payload = _codec.dumps(items)
+        except SerializationError:
+            for offset, item in enumerate(items):
+                try:
+                    _codec.dumps(item)
+                except SerializationError as exc:
+                    raise SerializationError(
+                        f"cannot send input item {start + offset} of type "
+                        f"{_codec.type_name(item)!r} to a worker: {exc.__cause__}"
+                    ) from None
+            raise
+        timeout = self.config.task_timeout
+        if timeout is not None:
+            timeout *= len(items)
+        job = Job(fn_id, payload, mode, timeout)
+        job.on_item = on_item
+        job.on_done = on_done
+        return job
+
+    async def map(
+        self, fn_id: int, items: list[Any], chunksize: int | None, mode: int
+    ) -> list[Any]:
+        """Run ``fn`` over every item in chunks; the results in input order.
+
+        The first chunk to fail cancels the rest and its exception is raised.
+        """
+        if not items:
+            return []
+        if chunksize is None:
+            chunksize = default_chunksize(len(items), self.slots)
+        # A chunk's results arrive in parts as they finish (they count in statistics()
+        # as they come), then with its end. Parts are kept as they came: each result is
+        # copied once, into the list returned.
+        parts: list[list[list[Any]]] = []
+        jobs: list[Job] = []
+        for start in range(0, len(items), chunksize):
+            got: list[list[Any]] = []
+            parts.append(got)
+            part = items[start : start + chunksize]
+            jobs.append(cast("Job", self.chunk(fn_id, part, start, mode, on_item=got.append)))
+        await self.run_all(jobs)
+        results: list[Any] = []
+        for job, got in zip(jobs, parts, strict=True):
+            for part in got:
+                results += part
+            results += job.value
+        return results
+
+    async def run_all(self, views: Sequence[JobView]) -> None:
+        """Submit jobs, wait for all of them; on the first failure cancel the rest, raise."""
+        jobs = cast("Sequence[Job]", views)
+        backend = self.backend
+        if backend.cancel_pending():
+            await backend.checkpoint()  # a cancelled caller never reaches a worker
+        future = backend.create_future()
+        remaining = len(jobs)
+        failed: list[Job] = []  # not the future's result: a finished future may outlive us
+
+        def on_done(job: Job) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if job.state != DONE:
+                failed.append(job)
+            if (failed or not remaining) and not future.done():
+                future.set_result(None)
+
+        for job in jobs:
+            job.on_done = on_done
+        try:
+            for job in jobs:
+                self.submit(job)
+            await future
+        except BaseException:
+            for job in jobs:
+                self.cancel(job)
+            raise
+        finally:
+            # job -> on_done -> job is a cycle: broken here, the results go as soon as the
+            # caller drops them, not at the next run of the cycle collector.
+            for job in jobs:
+                job.on_done = None
+        if failed:
+            for job in jobs:
+                self.cancel(job)
+            failed[0].outcome()
+
+    # --- the engine's API: following a job --------------------------------------------------
+
+    async def wait(self, view: JobView) -> Any:
+        """Wait for a job; if the waiting task is cancelled, cancel the job too."""
+        job = cast("Job", view)
+        if job.state <= SENT:
+            future = job.future
+            if future is None:
+                future = job.future = self.backend.create_future()
+            try:
+                await future
+            except BaseException:
+                self.cancel(job)
+                raise
+        return job.outcome()
+
+    def on_done(self, view: JobView, callback: Callable[[JobView], None] | None) -> None:
+        """Call ``callback(job)`` once the job is resolved (replaces an earlier callback)."""
+        cast("Job", view).on_done = callback
+
+    def ack(self, view: JobView, n: int) -> None:
+        """A stream's consumer took ``n`` more items: the worker may run that far ahead."""
+        job = cast("Job", view)
+        worker = job.worker
+        if worker is not None and not job.finished():
+            self.send_control(worker, _wire.Ack(job.id, n))
+
+    def submit(self, view: JobView) -> None:
+        """Queue a job; it is written to a worker at once or at the end of this loop turn.
+
+        Raises:
+            PoolClosedError: the pool is closed or broken.
+        """
+        job = cast("Job", view)
+        if self.closing or self.closed:
+            raise PoolClosedError("the pool is closed")
+        if self.broken is not None:
+            raise PoolClosedError("the pool is broken") from self.broken
+        job.id = next(self._ids)
+        # A stream that already delivered items cannot be replayed without duplicates.
+        job.retries = 0 if job.mode == MODE_STREAM else self.config.retries
+        if job.timeout is None:
+            job.timeout = self.config.task_timeout
+        self.queue.append(job)
+        if not self._pump_scheduled:
+            # The first job of a loop turn goes out now (lowest latency); the rest of the
+            # turn's jobs are batched into one write per worker by _end_of_turn.
+            self._pump_scheduled = True
+            self.backend.call_soon(self._end_of_turn)
+            self._pump()
+
+    def cancel(self, view: JobView) -> None:
+        """Cancel a job: a queued one never starts, a running one is stopped."""
+        job = cast("Job", view)
+        if job.finished():
+            return
+        state = job.state
+        self._stop_timer(job)
+        job.state = CANCELLED
+        worker = job.worker
+        if state == SENT and worker is not None and job.id in worker.jobs:
+            ids = list(worker.jobs)
+            ahead = ids[: ids.index(job.id)]
+            del worker.jobs[job.id]
+            if len(ahead) < self.config.concurrency:
+                self._stop_running(worker, job.id)
+            else:
+                # Still in the worker's pipe, not started: the worker skips it.
+                self.send_control(worker, _wire.Cancel(job.id))
+                if self.config.concurrency == 1 and self._answered(worker, ahead):
+                    self._kill(worker)
+            self._schedule_pump()
+        self._resolved(job)
 
     # --- workers ----------------------------------------------------------------------------
 
     def _make_config(self) -> bytes:
-        level = _lowest_log_level()
+        config = self.config
+        init = b""
+        if config.initializer is not None:
+            init = _codec.dumps((config.initializer, config.initargs))
         return _wire.encode(
             _wire.Config(
                 sys_path=[os.fsencode(p) for p in sys.path if isinstance(p, str | os.PathLike)],
                 cwd=os.getcwdb(),
-                init=self.config.initializer,
-                max_tasks=self.config.max_tasks_per_child or 0,
-                concurrency=self.config.concurrency,
-                log_level=level,
-                env=dict(os.environb) if self.config.start_method == "forkserver" else None,
-                process=self.config.process,
-                **_hub_settings(),
+                init=init,
+                max_tasks=config.max_tasks_per_child or 0,
+                concurrency=config.concurrency,
+                log_level=_relay.lowest_log_level(),
+                env=dict(os.environb) if config.start_method == "forkserver" else None,
+                process=config.process,
+                **_hub_address(),
             )
         )
 
     def start(self) -> None:
         """Start all workers now (a pool is warm before its first task)."""
         for _ in range(self.config.max_workers):
-            self._spawn()
+            self._start_worker()
 
-    def _spawn(self) -> _Worker | None:
+    def until_loop_ends(self) -> Handle:
+        """A task that releases the workers when the event loop shuts down (cancel it on close)."""
+        return self.backend.start_task(functools.partial(_end_with_the_loop, self))
+
+    def _start_worker(self) -> _Worker:
         task_r, task_w, result_r, result_w = _spawn.make_pipes()
         _fds.register_fds(task_w, result_r)
         try:
-            proc = _spawn.start_process(self.config.start_method, task_r, result_w)
+            proc = self._launch(self.config.start_method, task_r, result_w)
         except BaseException:
             _fds.unregister_fds(task_w, result_r)
             os.close(task_w)
@@ -316,7 +601,7 @@ class Dispatcher:
         backend = self.backend
         backend.add_reader(result_r, lambda: self._on_readable(worker))
         backend.add_reader(proc.sentinel, lambda: self._on_exit(worker))
-        self._flush(worker)
+        worker.flush(backend)
         return worker
 
     def _replace(self, worker: _Worker) -> None:
@@ -329,29 +614,39 @@ class Dispatcher:
         if self.closing and not self._outstanding():
             return
         try:
-            self._spawn()
-        except Exception as exc:  # pragma: no cover - fork failure, out of fds...
+            self._start_worker()
+        except OSError as exc:  # pragma: no cover - fork failure, out of fds or memory
             self._break(WorkerDiedError(f"cannot start a replacement worker: {exc}"))
         else:
             self.restarts += 1
 
-    def _kill(self, worker: _Worker, running: int = 0, why: str = "") -> None:
-        """Kill a worker and start a replacement.
+    def _settle(self, worker: _Worker, running: int, error: Callable[[], BaseException]) -> None:
+        """Settle the jobs of a worker that died or is being killed.
 
-        The first ``running`` of its jobs were running: they fail (or are retried), like
-        the tasks of a worker that died; the rest never started and go back to the queue.
+        The first ``running`` of its unfinished jobs were running: they are retried while
+        their ``retries`` last (and the pool still runs), else fail with ``error()``. The
+        rest never started and go back to the front of the queue.
         """
-        worker.accepting = False
         jobs = [j for j in worker.jobs.values() if not j.finished()]
         worker.jobs.clear()
         retry: list[Job] = []
+        can_retry = self.broken is None and not self.closed
         for job in jobs[:running]:
-            if job.retries > 0:
+            if job.retries > 0 and can_retry:
                 job.retries -= 1
                 retry.append(job)
             else:
-                self._fail(job, WorkerDiedError(f"the worker process (pid {worker.pid}) {why}"))
+                self._fail(job, error())
         self._requeue(retry + jobs[running:])
+
+    def _kill(self, worker: _Worker, running: int = 0, why: str = "") -> None:
+        """Kill a worker and start a replacement; its jobs are settled (see ``_settle``)."""
+        worker.accepting = False
+        self._settle(
+            worker,
+            running,
+            lambda: WorkerDiedError(f"the worker process (pid {worker.pid}) {why}"),
+        )
         worker.proc.kill()
         self._replace(worker)
 
@@ -386,7 +681,7 @@ class Dispatcher:
             self._pump()
 
     def _on_exit(self, worker: _Worker) -> None:
-        if worker.gone:
+        if worker.closed:
             return
         backend = self.backend
         backend.remove_reader(worker.proc.sentinel)
@@ -396,29 +691,15 @@ class Dispatcher:
         # Results written just before the end are still in the pipe: route them first.
         self._drain(worker)
         code = worker.proc.reap()
-        worker.gone = True
-        backend.remove_reader(worker.result_fd)
-        if worker.writing:
-            backend.remove_writer(worker.task_fd)
-        _fds.unregister_fds(worker.task_fd, worker.result_fd)
-        for fd in (worker.task_fd, worker.result_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(ValueError):
+        worker.close(backend)
+        if worker in self.workers:
             self.workers.remove(worker)
-        jobs = [j for j in worker.jobs.values() if not j.finished()]
-        worker.jobs.clear()
-        running = jobs[: self.config.concurrency]
-        waiting = jobs[self.config.concurrency :]
-        retry: list[Job] = []
-        for job in running:
-            if job.retries > 0 and self.broken is None and not self.closed:
-                job.retries -= 1
-                retry.append(job)
-            else:
-                self._fail(job, _own_copy(self.broken) if self.broken else _died(worker.pid, code))
-        self._requeue(retry + waiting)
-        for callback in worker.exited:
+        broken = self.broken
+        if broken is not None:
+            self._settle(worker, self.config.concurrency, lambda: _own_copy(broken))
+        else:
+            self._settle(worker, self.config.concurrency, lambda: _died(worker.pid, code))
+        for callback in worker.exit_callbacks:
             callback()
         if self.broken is not None:
             self._fail_queue(self.broken)
@@ -428,88 +709,27 @@ class Dispatcher:
         self._check_idle()
 
     def _drain(self, worker: _Worker) -> None:
-        fd = worker.result_fd
-        while True:
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except (BlockingIOError, OSError):
-                return
-            if not data:
-                return
+        while data := worker.read():
             if not self._route_bytes(worker, data):
                 return
 
-    # --- submitting -------------------------------------------------------------------------
-
-    def function_id(self, fn: Callable[..., Any]) -> int:
-        """The id under which workers know ``fn``; pickles it on first use.
-
-        Raises:
-            SerializationError: ``fn`` cannot be pickled.
-        """
-        # Module-level functions are cached by identity (see _cacheable); anything else is
-        # pickled each time, and the blob table still spares the workers a second Define.
-        cacheable = _cacheable(fn)
-        if cacheable:
-            fn_id = self._fn_by_obj.get(fn)
-            if fn_id is not None:
-                return fn_id
-        blob = _codec.dumps_function(fn)
-        fn_id = self._fn_by_blob.get(blob)
-        if fn_id is None:
-            fn_id = next(self._fn_ids)
-            self._fn_by_blob[blob] = fn_id
-            self._fn_blobs[fn_id] = blob
-            if len(self._fn_blobs) > _FUNCTION_CACHE:
-                self._forget_oldest_function()
-        if cacheable:
-            if len(self._fn_by_obj) >= _FUNCTION_CACHE:
-                del self._fn_by_obj[next(iter(self._fn_by_obj))]
-            self._fn_by_obj[fn] = fn_id
-        return fn_id
-
-    def _forget_oldest_function(self) -> None:
-        old = next(iter(self._fn_blobs))
-        blob = self._fn_blobs.pop(old)
-        del self._fn_by_blob[blob]
-        for obj in [o for o, i in self._fn_by_obj.items() if i == old]:
-            del self._fn_by_obj[obj]
+    def _drop_function(self, fn_id: int) -> None:
+        """The function table forgot ``fn_id``: so do the workers that know it."""
         for worker in self.workers:
-            if old in worker.known:
-                worker.known.discard(old)
-                _wire.encode_into(_wire.Drop(old), worker.outbuf)
+            if fn_id in worker.defined:
+                worker.defined.discard(fn_id)
+                worker.send(_wire.Drop(fn_id))
                 self._mark_dirty(worker)
 
-    def submit(self, job: Job) -> None:
-        """Queue a job; it is written to a worker at once or at the end of this loop turn.
-
-        Raises:
-            PoolClosedError: the pool is closed or broken.
-        """
-        if self.closing or self.closed:
-            raise PoolClosedError("the pool is closed")
-        if self.broken is not None:
-            raise PoolClosedError("the pool is broken") from self.broken
-        job.id = next(self._ids)
-        # A stream that already delivered items cannot be replayed without duplicates.
-        job.retries = 0 if job.mode == _wire.MODE_STREAM else self.config.retries
-        if job.timeout is None:
-            job.timeout = self.config.task_timeout
-        self.queue.append(job)
-        if not self._burst:
-            # The first job of a loop turn goes out now (lowest latency); the rest of the
-            # turn's jobs are batched into one write per worker by _end_burst.
-            self._burst = True
-            self.backend.call_soon(self._end_burst)
-            self._pump()
+    # --- sending ----------------------------------------------------------------------------
 
     def _schedule_pump(self) -> None:
-        if not self._burst:
-            self._burst = True
-            self.backend.call_soon(self._end_burst)
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self.backend.call_soon(self._end_of_turn)
 
-    def _end_burst(self) -> None:
-        self._burst = False
+    def _end_of_turn(self) -> None:
+        self._pump_scheduled = False
         self._pump()
 
     def _pick(self) -> _Worker | None:
@@ -541,38 +761,46 @@ class Dispatcher:
             queue.popleft()
             self._send(worker, job)
         dirty = self._dirty
+        backend = self.backend
         while dirty:
-            self._flush(dirty.pop())
+            dirty.pop().flush(backend)
 
     def _send(self, worker: _Worker, job: Job) -> None:
         fn_id = job.fn_id
         buf = worker.outbuf
-        if fn_id not in worker.known:
-            _wire.encode_into(_wire.Define(fn_id, self._fn_blobs[fn_id]), buf)
-            worker.known.add(fn_id)
+        if fn_id not in worker.defined:
+            _wire.encode_into(_wire.Define(fn_id, self.functions.pickle(fn_id)), buf)
+            worker.defined.add(fn_id)
         try:
             _wire.encode_into(_wire.Call(job.id, fn_id, job.payload, job.mode, job.delivered), buf)
         except SerializationError as exc:
             self._fail(job, exc)
             return
-        job.state = RUNNING
+        job.state = SENT
         job.worker = worker
         worker.jobs[job.id] = job
         worker.assigned += 1
         if len(worker.jobs) <= self.config.concurrency:
-            self._started(job)
+            self._start_clock(job)
         if max_tasks := self.config.max_tasks_per_child:
             if worker.assigned >= max_tasks:
                 worker.accepting = False
         self._mark_dirty(worker)
 
-    def _started(self, job: Job) -> None:
+    def _start_clock(self, job: Job) -> None:
+        """The job starts on its worker: time it (the timeout waits for a ready worker)."""
         job.started = self.backend.time()
         worker = job.worker
         if worker is not None and not worker.ready:
             return  # the clock starts once the worker is up (see _on_ready)
-        if job.timeout is not None and job.mode != _wire.MODE_STREAM:
+        if job.timeout is not None and job.mode != MODE_STREAM:
             job.timer = self.backend.call_later(job.timeout, lambda: self._on_timeout(job))
+
+    def _stop_timer(self, job: Job) -> None:
+        timer = job.timer
+        if timer is not None:
+            timer.cancel()
+            job.timer = None
 
     def _on_ready(self, worker: _Worker) -> None:
         """The worker is set up: start the clock of the jobs it runs first.
@@ -584,68 +812,28 @@ class Dispatcher:
         worker.ready = True
         for job in itertools.islice(worker.jobs.values(), self.config.concurrency):
             if job.started:
-                self._started(job)
+                self._start_clock(job)
 
     def _mark_dirty(self, worker: _Worker) -> None:
         if not worker.flush_pending:
             worker.flush_pending = True
             self._dirty.append(worker)
 
-    def _flush(self, worker: _Worker) -> None:
-        worker.flush_pending = False
-        buf = worker.outbuf
-        if worker.gone:
-            buf.clear()  # its task fd is closed; the number may be reused already
-            return
-        if not buf or worker.writing:
-            return
-        try:
-            n = os.write(worker.task_fd, buf)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            # The worker is gone; its sentinel will fire and settle its jobs.
-            buf.clear()
-            return
-        del buf[:n]
-        if buf:
-            worker.writing = True
-            self.backend.add_writer(worker.task_fd, lambda: self._on_writable(worker))
-
-    def _on_writable(self, worker: _Worker) -> None:
-        if worker.gone:
-            return
-        buf = worker.outbuf
-        try:
-            n = os.write(worker.task_fd, buf)
-        except BlockingIOError:
-            return
-        except OSError:
-            buf.clear()
-            n = 0
-        del buf[:n]
-        if not buf:
-            worker.writing = False
-            self.backend.remove_writer(worker.task_fd)
-
     def send_control(self, worker: _Worker, msg: _wire.Message) -> None:
-        _wire.encode_into(msg, worker.outbuf)
+        worker.send(msg)
         self._mark_dirty(worker)
         self._schedule_pump()
 
     # --- results ----------------------------------------------------------------------------
 
     def _on_readable(self, worker: _Worker) -> None:
-        if worker.gone:
+        if worker.closed:
             # A late wake-up (trio runs a watcher one step after it was cancelled): the fd
             # number may belong to something else by now, maybe a blocking pipe.
             return
-        try:
-            data = os.read(worker.result_fd, _READ_SIZE)
-        except BlockingIOError:
+        data = worker.read()
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             # End of the pipe: the process is exiting; its sentinel settles the rest.
             self.backend.remove_reader(worker.result_fd)
@@ -677,7 +865,7 @@ class Dispatcher:
         if isinstance(msg, _wire.Done):
             job = worker.jobs.pop(msg.id, None)
             if job is not None:
-                self._advance(worker, job)
+                self._left_worker(worker, job)
                 try:
                     value = _payload.loads_any(msg.value)
                 except BaseException as exc:
@@ -689,7 +877,7 @@ class Dispatcher:
         elif isinstance(msg, _wire.Failed):
             job = worker.jobs.pop(msg.id, None)
             if job is not None:
-                self._advance(worker, job)
+                self._left_worker(worker, job)
                 self._fail(job, _codec.loads_error(msg.error))
         elif isinstance(msg, _wire.Item):
             job = worker.jobs.get(msg.id)
@@ -698,13 +886,13 @@ class Dispatcher:
                     item = _payload.loads_any(msg.value)
                 except BaseException as exc:
                     worker.jobs.pop(msg.id)
-                    self._advance(worker, job)
+                    self._left_worker(worker, job)
                     self._fail(job, _rebuild_error("an item", exc))
                     # The worker is still running it (a stream would wait for credit
                     # forever): stop it, as for a cancelled task.
                     self._stop_running(worker, msg.id)
                 else:
-                    if job.mode != _wire.MODE_STREAM:
+                    if job.mode != MODE_STREAM:
                         # The next results of a map chunk: each counts as completed now,
                         # and a retry after a crash runs only the items after them.
                         job.delivered += len(item)
@@ -713,12 +901,12 @@ class Dispatcher:
         elif isinstance(msg, _wire.End):
             job = worker.jobs.pop(msg.id, None)
             if job is not None:
-                self._advance(worker, job)
+                self._left_worker(worker, job)
                 self._succeed(job, None)
         elif isinstance(msg, _wire.Output):
-            self._output(worker, msg)
+            worker.output.write(msg)
         elif isinstance(msg, _wire.Log):
-            _emit_log(msg.record)
+            _relay.emit_log(msg.record)
         elif isinstance(msg, _wire.Ready):
             self._on_ready(worker)
         elif isinstance(msg, _wire.InitFailed):
@@ -727,12 +915,11 @@ class Dispatcher:
             broken.__cause__ = error
             self._break(broken)
 
-    def _advance(self, worker: _Worker, job: Job) -> None:
-        """``job`` left ``worker``: stop its timer, start the clock of the next in line."""
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-        if job.mode == _wire.MODE_CALL:
+    def _left_worker(self, worker: _Worker, job: Job) -> None:
+        """``job`` left ``worker``: stop its timer, learn its service time, and start the
+        clock of the job that now starts in its place."""
+        self._stop_timer(job)
+        if job.mode == MODE_CALL:
             # Adapt prefetch to the observed service time of single calls.
             elapsed = self.backend.time() - job.started
             self._service = self._service * 0.9 + elapsed * 0.1
@@ -742,26 +929,14 @@ class Dispatcher:
         if len(jobs) >= concurrency:
             nxt = next(itertools.islice(jobs.values(), concurrency - 1, None))
             if nxt.started == 0.0:
-                self._started(nxt)
-
-    def _output(self, worker: _Worker, msg: _wire.Output) -> None:
-        decoder = worker.decoders.get(msg.fd)
-        if decoder is None:
-            decoder = worker.decoders[msg.fd] = codecs.getincrementaldecoder("utf-8")("replace")
-        text = decoder.decode(msg.data)
-        stream = sys.stdout if msg.fd == 1 else sys.stderr
-        if stream is not None and text:
-            try:
-                stream.write(text)
-            except Exception:  # pragma: no cover - a closed stream in the parent
-                pass
+                self._start_clock(nxt)
 
     # --- resolution -------------------------------------------------------------------------
 
     def _succeed(self, job: Job, value: Any) -> None:
         job.state = DONE
         job.value = value
-        if job.mode == _wire.MODE_MAP or job.mode == _wire.MODE_STARMAP:
+        if job.mode == MODE_MAP or job.mode == MODE_STARMAP:
             self.completed += len(value)  # the chunk's last results: each item counts
         else:
             self.completed += 1
@@ -770,9 +945,7 @@ class Dispatcher:
     def _fail(self, job: Job, error: BaseException) -> None:
         if job.finished():
             return
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        self._stop_timer(job)
         job.state = FAILED
         job.error = error
         job.error_tb = error.__traceback__
@@ -783,42 +956,20 @@ class Dispatcher:
         release = job.release
         if release is not None:
             job.release = None
-            with contextlib.suppress(Exception):
+            try:
                 release()
-        waiter = job.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        notify = job.notify
-        if notify is not None:
-            notify(job)
-        if self._idle_waiters:
+            except (OSError, ClosedResourceError):
+                pass  # the hub is gone, and the block with it
+        future = job.future
+        if future is not None and not future.done():
+            future.set_result(None)
+        on_done = job.on_done
+        if on_done is not None:
+            on_done(job)
+        if self._idle_futures:
             self._check_idle()
 
-    def cancel(self, job: Job) -> None:
-        """Cancel a job: a queued one never starts, a running one is stopped."""
-        if job.finished():
-            return
-        state = job.state
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-        job.state = CANCELLED
-        worker = job.worker
-        if state == RUNNING and worker is not None and job.id in worker.jobs:
-            ids = list(worker.jobs)
-            ahead = ids[: ids.index(job.id)]
-            del worker.jobs[job.id]
-            if len(ahead) < self.config.concurrency:
-                self._stop_running(worker, job.id)
-            else:
-                # Still in the worker's pipe, not started: the worker skips it.
-                self.send_control(worker, _wire.Cancel(job.id))
-                if self.config.concurrency == 1 and self._moved_on(worker, ahead):
-                    self._kill(worker)
-            self._schedule_pump()
-        self._resolved(job)
-
-    def _moved_on(self, worker: _Worker, ahead: list[int]) -> bool:
+    def _answered(self, worker: _Worker, ahead: list[int]) -> bool:
         """Has ``worker`` answered the jobs ``ahead`` since, so that it may run the next?
 
         The replies the parent has not read yet tell: so the Cancel just queued for the
@@ -826,8 +977,8 @@ class Dispatcher:
         then reads that Cancel before it starts the job, and skips it; one that had may be
         running the job, which a worker running one task at a time cannot interrupt.
         """
-        self._flush(worker)
-        if not worker.gone:
+        worker.flush(self.backend)
+        if not worker.closed:
             self._drain(worker)
         return not any(job_id in worker.jobs for job_id in ahead)
 
@@ -844,10 +995,7 @@ class Dispatcher:
     def _requeue(self, jobs: list[Job]) -> None:
         for job in reversed(jobs):
             if not job.finished():
-                if job.timer is not None:
-                    # A retried job's clock restarts on its next worker.
-                    job.timer.cancel()
-                    job.timer = None
+                self._stop_timer(job)  # a retried job's clock restarts on its next worker
                 job.state = QUEUED
                 job.worker = None
                 job.started = 0.0
@@ -862,20 +1010,7 @@ class Dispatcher:
         while self.queue:
             self._fail(self.queue.popleft(), _own_copy(error))
 
-    # --- waiting ----------------------------------------------------------------------------
-
-    async def wait(self, job: Job) -> Any:
-        """Wait for ``job``; if the waiting task is cancelled, cancel the job too."""
-        if job.state <= RUNNING:
-            waiter = job.waiter
-            if waiter is None:
-                waiter = job.waiter = self.backend.create_future()
-            try:
-                await waiter
-            except BaseException:
-                self.cancel(job)
-                raise
-        return job.outcome()
+    # --- waiting for the pool ---------------------------------------------------------------
 
     def _outstanding(self) -> bool:
         """Is any job other than a stream queued or running?
@@ -883,24 +1018,25 @@ class Dispatcher:
         Streams are driven by their consumer; one that nobody reads any more would never
         end, so a closing pool does not wait for streams (it aborts them).
         """
-        stream = _wire.MODE_STREAM
-        if any(job.state == QUEUED and job.mode != stream for job in self.queue):
+        if any(job.state == QUEUED and job.mode != MODE_STREAM for job in self.queue):
             return True
-        return any(job.mode != stream for worker in self.workers for job in worker.jobs.values())
+        return any(
+            job.mode != MODE_STREAM for worker in self.workers for job in worker.jobs.values()
+        )
 
     def _check_idle(self) -> None:
-        if self._idle_waiters and not self._outstanding():
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if self._idle_futures and not self._outstanding():
+            futures, self._idle_futures = self._idle_futures, []
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
 
     async def wait_idle(self) -> None:
         """Wait until no job is queued or running."""
         while self._outstanding():
-            waiter = self.backend.create_future()
-            self._idle_waiters.append(waiter)
-            await waiter
+            future = self.backend.create_future()
+            self._idle_futures.append(future)
+            await future
 
     # --- shutting down ----------------------------------------------------------------------
 
@@ -925,12 +1061,11 @@ class Dispatcher:
             await self.wait_idle()
             self.closed = True
             self._abort_streams()
-        self.closed = True
         pending: list[Future] = []
         for worker in list(self.workers):
-            waiter = self.backend.create_future()
-            worker.exited.append(_setter(waiter))
-            pending.append(waiter)
+            future = self.backend.create_future()
+            worker.exit_callbacks.append(functools.partial(_set_done, future))
+            pending.append(future)
             worker.accepting = False
             worker.replaced = True
             if cancel:
@@ -940,8 +1075,8 @@ class Dispatcher:
         if pending:
             timer = self.backend.call_later(_STOP_GRACE, self.kill_all)
             try:
-                for waiter in pending:
-                    await waiter
+                for future in pending:
+                    await future
             finally:
                 timer.cancel()
         _live.discard(self)
@@ -978,18 +1113,17 @@ class Dispatcher:
             worker.jobs.clear()
             worker.replaced = True
             worker.proc.kill()
+        backend = self.backend if self.backend.is_running() else None
         for worker in list(self.workers):
-            with contextlib.suppress(Exception):
-                if self.backend.is_running():
-                    self.backend.remove_reader(worker.result_fd)
-                    self.backend.remove_reader(worker.proc.sentinel)
-            with contextlib.suppress(Exception):
-                worker.proc.reap()
-            worker.gone = True
-            _fds.unregister_fds(worker.task_fd, worker.result_fd)
-            for fd in (worker.task_fd, worker.result_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            if backend is not None:
+                # Before the reap closes it. A loop closed meanwhile (uvloop) raises.
+                with contextlib.suppress(RuntimeError):
+                    backend.remove_reader(worker.proc.sentinel)
+            try:
+                worker.proc.reap()  # it was just killed: this does not wait long
+            except OSError:  # pragma: no cover - reaped elsewhere already
+                pass
+            worker.close(backend)
         self.workers.clear()
         _live.discard(self)
 
@@ -1006,7 +1140,109 @@ class Dispatcher:
         return sum(1 for job in self.queue if job.state == QUEUED)
 
 
-def _hub_settings() -> dict[str, Any]:
+class ProcessRun:
+    """One function in a process of its own (``aioproc.Process``).
+
+    A dispatcher with one worker that runs one job and is not replaced: the worker's exit
+    status is the process's, and ``on_exit`` is told once it has been reaped.
+    """
+
+    __slots__ = ("_dispatcher", "_worker", "job", "pid")
+
+    def __init__(
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        start_method: str,
+        on_exit: Callable[[int | None], None],
+        on_done: Callable[[JobView], None],
+    ) -> None:
+        d = Dispatcher(
+            backend,
+            PoolConfig(
+                max_workers=1,
+                concurrency=1,
+                max_tasks_per_child=1,
+                task_timeout=None,
+                retries=0,
+                start_method=start_method,
+                process=True,
+            ),
+        )
+        job = d._job(fn, args, kwargs, MODE_CALL)  # before a process exists: nothing to undo
+        job.on_done = on_done
+        d.start()
+        d.submit(job)
+        d.closing = True  # one task, no replacement worker
+        (worker,) = d.workers
+        proc = worker.proc
+        worker.exit_callbacks.append(lambda: on_exit(proc.exitcode))
+        self._dispatcher = d
+        self._worker = worker
+        self.job: JobView = job
+        self.pid = worker.pid
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process (and its process group) if it has not been reaped."""
+        if self._dispatcher.workers:
+            self._worker.proc.kill(sig)
+
+    @property
+    def backend(self) -> Backend:
+        return self._dispatcher.backend
+
+    def release(self) -> None:
+        """Close what is left once the process has been reaped (its job is resolved)."""
+        d = self._dispatcher
+        if not d.workers:
+            d.closed = True
+            d.terminate_sync()
+
+    def terminate_sync(self) -> None:
+        """Kill and reap the process without the event loop (the handle was collected)."""
+        if self._dispatcher.workers:
+            self._dispatcher.terminate_sync()
+
+
+def default_chunksize(n: int, slots: int) -> int:
+    """As ``multiprocessing.Pool.map``: about four chunks per slot, so that the load evens
+    out while each chunk is big enough for the per-message cost to vanish."""
+    size, extra = divmod(n, slots * 4)
+    return max(1, size + bool(extra))
+
+
+def _argument_error(args: tuple[Any, ...], kwargs: dict[str, Any]) -> SerializationError:
+    named = [(f"argument {i}", v) for i, v in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for what, value in named:
+        try:
+            _codec.dumps(value)
+        except SerializationError as exc:
+            cause = exc.__cause__
+            return SerializationError(
+                f"cannot send {what} of type {_codec.type_name(value)!r} to a worker: {cause}"
+            )
+    return SerializationError("cannot send the arguments to a worker")
+
+
+async def _end_with_the_loop(dispatcher: Dispatcher) -> None:
+    """Sleeps until the pool's event loop shuts down, then releases the pool's workers.
+
+    ``asyncio.run()``, ``asyncio.Runner`` (pytest-asyncio's loops) and ``trio.run()``
+    cancel what is left when their main task returns; a pool still open then would keep
+    its workers until the interpreter exits. The pool cancels this task once closed.
+    """
+    try:
+        await dispatcher.backend.create_future()
+    finally:
+        if not dispatcher.closed:
+            dispatcher.terminate_sync()
+
+
+def _hub_address() -> dict[str, Any]:
     """The IPC hub workers should use: IPC objects they create live there.
 
     The hub is created now if need be (a listening socket, no thread): a worker that
@@ -1028,7 +1264,7 @@ def _own_copy(error: BaseException) -> BaseException:
     would give every awaiter the frames of all the others."""
     try:
         copied = copy.copy(error)
-    except Exception:  # pragma: no cover - an exception type that refuses to be copied
+    except Exception:  # pragma: no cover - a user's exception type that refuses copying
         return error
     copied.__cause__ = error.__cause__
     copied.__suppress_context__ = error.__suppress_context__
@@ -1041,12 +1277,9 @@ def _rebuild_error(what: str, exc: BaseException) -> SerializationError:
     return error
 
 
-def _setter(waiter: Future) -> Callable[[], None]:
-    def set_done() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    return set_done
+def _set_done(future: Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _died(pid: int, code: int | None) -> WorkerDiedError:
@@ -1061,33 +1294,18 @@ def _died(pid: int, code: int | None) -> WorkerDiedError:
     return WorkerDiedError(f"the worker process (pid {pid}) {how} while running the task", code)
 
 
-def _lowest_log_level() -> int:
-    """The most verbose level any configured logger wants: workers send at least that."""
-    level = logging.getLogger().getEffectiveLevel()
-    for logger in list(logging.Logger.manager.loggerDict.values()):
-        if isinstance(logger, logging.Logger) and logger.level:
-            level = min(level, logger.level)
-    return level
-
-
-def _emit_log(blob: bytes) -> None:
-    try:
-        record = logging.makeLogRecord(_codec.loads(blob))
-    except BaseException:  # pragma: no cover - defensive: a record that will not rebuild
-        return
-    logger = logging.getLogger(record.name)
-    if logger.isEnabledFor(record.levelno):
-        logger.handle(record)
-
-
 _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 
 def terminate_all() -> None:
     """Kill every worker of every pool still open, then the fork server (at exit)."""
     for dispatcher in list(_live):
-        with contextlib.suppress(Exception):
+        # Failing its jobs runs the public layer's callbacks, which may raise now that a
+        # loop is closed: one pool's failure must not leave another's workers running.
+        try:
             dispatcher.terminate_sync()
+        except Exception:  # pragma: no cover
+            _log.exception("cannot shut down %r at exit", dispatcher)
     _spawn.shutdown_forkserver()
 
 

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Generator
 
-__all__ = ("Backend", "Future", "Handle", "current_backend")
+__all__ = (
+    "Backend",
+    "Future",
+    "Handle",
+    "cancelled_error",
+    "current_backend",
+    "invalid_state_error",
+)
 
 
 class Handle(Protocol):
@@ -57,6 +64,15 @@ class Backend(Protocol):
     def cancel_pending(self) -> bool: ...
     async def checkpoint(self) -> None: ...
 
+    # Per-loop state: the default pool of ``aioproc.run`` (one backend per loop or run).
+    default_pool: Any
+
+    def call_soon_with(self, callback: Callable[[Any], object], arg: Any, context: Any) -> None:
+        """Call ``callback(arg)`` soon, in ``context`` where the loop supports it."""
+
+    def asyncio_loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop behind this backend (RuntimeError under trio)."""
+
 
 # --- asyncio ------------------------------------------------------------------------------
 
@@ -75,6 +91,7 @@ class AsyncioBackend:
         self.create_future = loop.create_future
         self.time = loop.time
         self._tasks: set[asyncio.Task[None]] = set()
+        self.default_pool: Any = None
 
     def start_task(self, coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> Handle:
         task = self.loop.create_task(coro_fn())
@@ -115,6 +132,12 @@ class AsyncioBackend:
 
     async def checkpoint(self) -> None:
         await asyncio.sleep(0)
+
+    def call_soon_with(self, callback: Callable[[Any], object], arg: Any, context: Any) -> None:
+        self.loop.call_soon(callback, arg, context=context)
+
+    def asyncio_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
 
     def __repr__(self) -> str:
         return f"{self.loop!r} (at {id(self.loop):#x})"
@@ -237,6 +260,7 @@ class TrioBackend:
         self._timer_deadline = math.inf
         self._timer_task = False
         self._cancelled_timers = 0
+        self.default_pool: Any = None
 
     def time(self) -> float:
         return float(self._trio.current_time())
@@ -257,6 +281,13 @@ class TrioBackend:
 
     async def checkpoint(self) -> None:
         await self._trio.lowlevel.checkpoint()
+
+    def call_soon_with(self, callback: Callable[[Any], object], arg: Any, context: Any) -> None:
+        # trio runs callbacks in the run's own context; there is no other to pick.
+        self.call_soon(lambda: callback(arg))
+
+    def asyncio_loop(self) -> asyncio.AbstractEventLoop:
+        raise RuntimeError("this belongs to a trio run, not an asyncio event loop")
 
     def __repr__(self) -> str:
         return f"<trio run {self._token!r}>"
@@ -390,3 +421,18 @@ def current_backend() -> Backend:
     if backend_ is None:
         backend_ = _asyncio_backends[loop] = AsyncioBackend(loop)
     return backend_
+
+
+def cancelled_error() -> BaseException:
+    """What awaiting a cancelled aioproc task raises, under every loop.
+
+    ``asyncio.CancelledError``, trio included (documented in docs/pools.md): an
+    ``aioproc.Task`` follows ``asyncio.Future``'s protocol, and trio's own ``Cancelled``
+    cannot be raised outside the cancel scope that owns it.
+    """
+    return asyncio.CancelledError()
+
+
+def invalid_state_error(message: str) -> Exception:
+    """What ``Task.result()`` raises before the task is done (``asyncio.Future``'s error)."""
+    return asyncio.InvalidStateError(message)

@@ -39,6 +39,7 @@ __all__ = (
     "MODE_MAP",
     "MODE_STARMAP",
     "MODE_STREAM",
+    "STREAM_WINDOW",
     "Message",
     "Output",
     "Ready",
@@ -224,6 +225,10 @@ MODE_CALL = 0  # fn(*args, **kwargs) -> value
 MODE_MAP = 1  # [fn(x) for x in items] -> Item(list)... Done(list): results as they finish
 MODE_STARMAP = 2  # [fn(*a) for a in items] -> the same
 MODE_STREAM = 3  # fn(*args, **kwargs) is a (async) generator -> Item... End
+
+# Items a stream's generator may run ahead of the parent's consumer; the parent returns
+# credit with Ack as its consumer takes them. Larger windows mean fewer Acks, more memory.
+STREAM_WINDOW = 64
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
