@@ -190,7 +190,7 @@ class _AckingExecutor(_exec.Executor):
 
     def read(self) -> bool:
         self.reads += 1
-        self.inbox.append(_wire.Ack(7, _exec.STREAM_WINDOW // 2))
+        self.inbox.append(_wire.Ack(7, _wire.STREAM_WINDOW // 2))
         return True
 
 
@@ -200,7 +200,7 @@ def test_a_stream_waits_for_credit_beyond_its_window() -> None:
         executor = made.executor
         assert isinstance(executor, _AckingExecutor)
         made.define(1, numbers)
-        n = 2 * _exec.STREAM_WINDOW + 1
+        n = 2 * _wire.STREAM_WINDOW + 1
         executor.inbox.append(_wire.Stop())  # parked, not lost, while credit is awaited
         assert executor.handle(call(7, 1, ((n,), None), _wire.MODE_STREAM)) is None
         sent = made.sent()

@@ -22,9 +22,9 @@ Tunables:
 - ``READ_SIZE``: bytes asked per ``read`` of the task pipe; large enough that a burst of
   small tasks is one syscall, small enough that the buffer stays below malloc's mmap
   threshold.
-- ``STREAM_WINDOW`` (``_wire``'s, as the parent must agree on it): items a generator may run
-  ahead of the parent's consumer. Larger windows hide pipe latency; smaller ones bound the
-  parent's memory for a slow consumer.
+- ``_wire.STREAM_WINDOW``: items a generator may run ahead of the parent's consumer (in
+  ``_wire``: the parent's Acks are sized by it). Larger windows hide pipe latency; smaller
+  ones bound the parent's memory for a slow consumer.
 - ``PARTIAL_EVERY``: how long the finished results of a map chunk may wait in the worker
   before they leave (see ``_Partials``). Tiny items still travel thousands to a message;
   slow ones come back about as they finish.
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = (
     "PARTIAL_EVERY",
     "READ_SIZE",
-    "STREAM_WINDOW",
     "Channel",
     "Executor",
     "answer",
@@ -64,7 +63,6 @@ __all__ = (
 )
 
 READ_SIZE = 1 << 16
-STREAM_WINDOW = _wire.STREAM_WINDOW
 PARTIAL_EVERY = 0.005
 _PARTIALS_LINGER = 25  # rounds of PARTIAL_EVERY the partials thread stays awake when idle
 _PARTIALS_PAUSE_MAX = 0.032  # longest pause of the partials thread while a chunk runs
@@ -445,7 +443,7 @@ class Executor:
         else:  # a generator, or an iterator (check_generator let nothing else through)
             next_item = gen.__next__
             stop = StopIteration
-        credit = STREAM_WINDOW
+        credit = _wire.STREAM_WINDOW
         channel = self.channel
         while True:
             try:

@@ -19,7 +19,6 @@ from . import _codec, _wire
 from ._exec import (
     PARTIAL_EVERY,
     READ_SIZE,
-    STREAM_WINDOW,
     Executor,
     answer,
     check_generator,
@@ -168,7 +167,7 @@ class _AsyncServer:
     async def stream(
         self, task_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        self.credits[task_id] = STREAM_WINDOW
+        self.credits[task_id] = _wire.STREAM_WINDOW
         event = self.credit_events[task_id] = asyncio.Event()
         gen = fn(*args, **kwargs)
         check_generator(gen)
