@@ -100,6 +100,15 @@ async def test_misuse_is_reported() -> None:
     await p.join()
 
 
+async def test_an_argument_that_cannot_be_sent_is_named_and_starts_nothing() -> None:
+    import threading
+
+    p = aioproc.Process(target=tasks.double, args=(threading.Lock(),))
+    with pytest.raises(aioproc.SerializationError, match=r"argument 0 of type '_thread\.lock'"):
+        p.start()
+    assert p.pid is None and not p.is_alive()  # and the leak guard: no process, no fd
+
+
 async def test_a_dropped_process_keeps_running(tmp_path: Path) -> None:
     from aioproc import _process
 
