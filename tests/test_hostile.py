@@ -30,8 +30,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import aioproc
-from aioproc._core import _hub, _wire
-from aioproc._queue import _Codec
+from aioproc._core import _codec, _hub, _wire
 from tests import hostile_tasks
 
 pytestmark = pytest.mark.anyio
@@ -411,7 +410,7 @@ def _same(got: Any, sent: Any) -> bool:
     return type(got) is type(sent) and bool(got == sent)
 
 
-def _check_junk(codec: _Codec, blob: bytes, sent: Any) -> None:
+def _check_junk(codec: _codec.ItemCodec, blob: bytes, sent: Any) -> None:
     try:
         got = codec.decode(blob)
     except aioproc.ValidationError:
@@ -422,7 +421,7 @@ def _check_junk(codec: _Codec, blob: bytes, sent: Any) -> None:
 @pytest.mark.parametrize("name", list(TYPES))
 def test_typed_decoder_round_trips_what_conforms(name: str) -> None:
     type_, values = TYPES[name]
-    codec = _Codec(type_)
+    codec = _codec.ItemCodec(type_)
 
     @settings(max_examples=100, deadline=None)
     @given(values)
@@ -434,7 +433,7 @@ def test_typed_decoder_round_trips_what_conforms(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(TYPES))
 def test_typed_decoder_rejects_junk_cleanly(name: str) -> None:
-    codec = _Codec(TYPES[name][0])
+    codec = _codec.ItemCodec(TYPES[name][0])
 
     @settings(max_examples=150, deadline=None)
     @given(JUNK)
@@ -447,7 +446,7 @@ def test_typed_decoder_rejects_junk_cleanly(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(TYPES))
 def test_typed_decoder_survives_arbitrary_bytes(name: str) -> None:
-    codec = _Codec(TYPES[name][0])
+    codec = _codec.ItemCodec(TYPES[name][0])
 
     @settings(max_examples=100, deadline=None)
     @given(st.binary(max_size=64))
@@ -466,7 +465,7 @@ def test_queues_use_the_fuzzed_decoder() -> None:
     a, b = aioproc.Pipe(type=Point)
     try:
         for channel in (queue, a, b):
-            assert isinstance(channel._codec, _Codec)
+            assert isinstance(channel._codec, _codec.ItemCodec)
             assert channel._codec.type is Point
     finally:
         a.close()

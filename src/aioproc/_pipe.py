@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ._core import _client, _wire
+from ._core import _client, _codec, _wire
 from ._exceptions import ClosedResourceError, EndOfStream
 from ._proxy import Proxy
-from ._queue import _UNTYPED, _Codec
 
 __all__ = ("Connection", "ConnectionStatistics", "Pipe")
 
@@ -35,7 +34,7 @@ class Connection(Proxy, Generic[T]):
     _kind = "connection"
 
     def _rebuilt(self) -> None:
-        self._codec = _Codec(self._extra["type"])
+        self._codec = _codec.ItemCodec(self._extra["type"])
         self._closed = False
 
     @property
@@ -147,7 +146,9 @@ class ConnectionSync(Generic[T]):
             raise StopIteration from None
 
 
-def Pipe(duplex: bool = True, *, type: Any = _UNTYPED) -> tuple[Connection[Any], Connection[Any]]:
+def Pipe(
+    duplex: bool = True, *, type: Any = _codec.UNTYPED
+) -> tuple[Connection[Any], Connection[Any]]:
     """Return two connected ends ``(a, b)``.
 
     With ``duplex=False``, ``a`` can only receive and ``b`` can only send (as

@@ -10,14 +10,12 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from ._core import _client, _codec, _wire
-from ._exceptions import AioprocError, EndOfStream, SerializationError, ValidationError
+from ._exceptions import EndOfStream
 from ._proxy import Proxy
 
 __all__ = ("Queue", "QueueStatistics")
 
 T = TypeVar("T")
-
-_UNTYPED: Any = None  # no type: items are pickled
 
 
 @dataclass(frozen=True)
@@ -39,54 +37,6 @@ class QueueStatistics:
     closed: bool
 
 
-class _Codec:
-    """How items are encoded: pickle (exact Python values) or msgspec (a declared type)."""
-
-    def __init__(self, type_: Any) -> None:
-        self.type = type_
-        self.encoder: msgspec.msgpack.Encoder | None = None
-        self.decoder: msgspec.msgpack.Decoder[Any] | None = None
-        if type_ is _UNTYPED:
-            self.encode = _codec.dumps  # type: ignore[method-assign,assignment]
-        else:
-            self.encoder = msgspec.msgpack.Encoder()
-            self.decoder = msgspec.msgpack.Decoder(type_)
-
-    def encode(self, item: Any) -> bytes:
-        assert self.encoder is not None
-        try:
-            return self.encoder.encode(item)
-        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:  # a lone surrogate
-            raise SerializationError(f"cannot encode {_codec.type_name(item)!r}: {exc}") from exc
-
-    def decode(self, blob: bytes) -> Any:
-        """Rebuild one item; a bad one raises here, and only that item is lost.
-
-        Raises:
-            ValidationError: (typed) the message does not match the type, is not msgpack,
-                holds a string that is not UTF-8, or nests deeper than the decoder's
-                recursion limit (msgspec lets UnicodeDecodeError and RecursionError
-                through for the last two).
-            SerializationError: (untyped) the item cannot be unpickled (garbage bytes, a
-                class that is not importable here, a ``__reduce__`` that raises).
-        """
-        if self.decoder is None:
-            try:
-                return _codec.loads(blob)
-            except AioprocError:
-                raise  # already says what went wrong (a proxy whose object is gone...)
-            # Broad on purpose: unpickling runs the item's own code (its class's __reduce__,
-            # __setstate__...), which may raise anything.
-            except Exception as exc:
-                raise SerializationError(f"cannot unpickle the item: {exc!r}") from exc
-        try:
-            return self.decoder.decode(blob)
-        except msgspec.ValidationError as exc:
-            raise ValidationError(str(exc)) from None
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise ValidationError(f"malformed message: {exc}") from None
-
-
 class Queue(Proxy, Generic[T]):
     """A FIFO queue that any aioproc process can use.
 
@@ -105,12 +55,12 @@ class Queue(Proxy, Generic[T]):
 
     _kind = "queue"
 
-    def __init__(self, maxsize: int = 0, *, type: Any = _UNTYPED) -> None:
+    def __init__(self, maxsize: int = 0, *, type: Any = _codec.UNTYPED) -> None:
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int; got {builtins.type(maxsize).__name__}")
         if maxsize < 0:
             raise ValueError(f"maxsize must be at least 0; got {maxsize}")
-        if type is not _UNTYPED:
+        if type is not _codec.UNTYPED:
             try:
                 msgspec.msgpack.Decoder(type)
             except TypeError as exc:
@@ -119,7 +69,7 @@ class Queue(Proxy, Generic[T]):
         self._rebuilt()
 
     def _rebuilt(self) -> None:
-        self._codec = _Codec(self._extra["type"])
+        self._codec = _codec.ItemCodec(self._extra["type"])
         self._maxsize: int = self._extra["maxsize"]
         # Puts on an unbounded queue need no answer: the shortest route to the hub.
         client = self._endpoint.client

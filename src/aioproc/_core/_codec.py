@@ -33,11 +33,19 @@ from typing import Any
 
 import msgspec
 
-from .._exceptions import RemoteError, RemoteTraceback, SerializationError
+from .._exceptions import (
+    AioprocError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    ValidationError,
+)
 
 __all__ = (
     "MAIN",
     "PROTOCOL",
+    "UNTYPED",
+    "ItemCodec",
     "dumps",
     "dumps_error",
     "dumps_function",
@@ -422,3 +430,57 @@ def loads_error(data: bytes) -> BaseException:
         return SerializationError(f"expected an exception, got {type_name(exc)!r}")
     exc.__cause__ = RemoteTraceback(tb)
     return exc
+
+
+# --- items of queues and pipes -------------------------------------------------------------
+
+UNTYPED: Any = None  # a channel without a declared type: its items are pickled
+
+
+class ItemCodec:
+    """How a Queue's or a Pipe's items are encoded: pickle (exact Python values) or msgspec
+    (a declared type: validated on receipt)."""
+
+    def __init__(self, type_: Any) -> None:
+        self.type = type_
+        self.encoder: msgspec.msgpack.Encoder | None = None
+        self.decoder: msgspec.msgpack.Decoder[Any] | None = None
+        if type_ is UNTYPED:
+            self.encode = dumps  # type: ignore[method-assign,assignment]
+        else:
+            self.encoder = msgspec.msgpack.Encoder()
+            self.decoder = msgspec.msgpack.Decoder(type_)
+
+    def encode(self, item: Any) -> bytes:
+        assert self.encoder is not None
+        try:
+            return self.encoder.encode(item)
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:  # a lone surrogate
+            raise SerializationError(f"cannot encode {type_name(item)!r}: {exc}") from exc
+
+    def decode(self, blob: bytes) -> Any:
+        """Rebuild one item; a bad one raises here, and only that item is lost.
+
+        Raises:
+            ValidationError: (typed) the message does not match the type, is not msgpack,
+                holds a string that is not UTF-8, or nests deeper than the decoder's
+                recursion limit (msgspec lets UnicodeDecodeError and RecursionError
+                through for the last two).
+            SerializationError: (untyped) the item cannot be unpickled (garbage bytes, a
+                class that is not importable here, a ``__reduce__`` that raises).
+        """
+        if self.decoder is None:
+            try:
+                return loads(blob)
+            except AioprocError:
+                raise  # already says what went wrong (a proxy whose object is gone...)
+            # Broad on purpose: unpickling runs the item's own code (its class's __reduce__,
+            # __setstate__...), which may raise anything.
+            except Exception as exc:
+                raise SerializationError(f"cannot unpickle the item: {exc!r}") from exc
+        try:
+            return self.decoder.decode(blob)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(str(exc)) from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ValidationError(f"malformed message: {exc}") from None
