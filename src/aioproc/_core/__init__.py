@@ -2,9 +2,9 @@
 
 Nothing in here imports the public modules of the package (``aioproc._pool`` and friends),
 but for ``aioproc._exceptions``; ``_pool`` and ``_process`` use only ``_engine`` and
-``_loop`` (``tests/core/test_engine_api.py``). Inside, imports go one way, down this order (a module
-imports only modules of the layers below its own; modules of one layer import none of each
-other)::
+``_loop`` (``tests/core/test_engine_api.py``). Inside, imports go one way, down this order
+(a module imports only modules of the layers below its own; modules of one layer import
+none of each other)::
 
     _engine                       the engine's API to the public layer: jobs in, outcomes out
     _dispatch                     the parent's scheduler: queue, routing, supervision
@@ -17,7 +17,7 @@ other)::
     _client                       the IPC hub's client side
     _hub                          the IPC hub: objects shared between processes
     _objects                      the state machines of the shared objects (no I/O)
-    _codec                        values: pickle, cloudpickle, exceptions
+    _codec                        values: pickle, cloudpickle, exceptions, typed items
     _wire                         frames and msgspec envelopes
     _loop  _fds  _role            event-loop seam; fds closed after fork; role and address
 
