@@ -61,7 +61,7 @@ import sys
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._exceptions import ClosedResourceError, PoolClosedError, SerializationError, WorkerDiedError
+from .._exceptions import AioprocError, PoolClosedError, SerializationError, WorkerDiedError
 from . import _client, _codec, _fds, _hub, _loop, _payload, _relay, _role, _spawn, _wire
 from ._functions import FunctionTable
 from ._link import WorkerLink
@@ -743,8 +743,8 @@ class Dispatcher:
             job.release = None
             try:
                 release()
-            except (OSError, ClosedResourceError):
-                pass  # the hub is gone, and the block with it
+            except (OSError, AioprocError):
+                pass  # the hub is gone (and the block with it), or refuses: nothing to free
         future = job.future
         if future is not None and not future.done():
             future.set_result(None)
