@@ -113,11 +113,11 @@ async def test_module_level_functions_are_still_sent_once() -> None:
     async with aioproc.ProcessPool(1) as pool:
         assert [await pool.apply(tasks.double, i) for i in range(3)] == [0, 2, 4]
         assert await pool.apply(math.floor, 2.5) == 2
-        dispatcher = pool._dispatcher
-        assert dispatcher is not None
+        engine = pool._engine
+        assert engine is not None
         # Each was pickled once: one id per function, whatever the number of calls.
-        assert dispatcher.function_id(tasks.double) == dispatcher.function_id(tasks.double)
-        assert dispatcher.function_id(math.floor) == dispatcher.function_id(math.floor)
+        assert engine.function_id(tasks.double) == engine.function_id(tasks.double)
+        assert engine.function_id(math.floor) == engine.function_id(math.floor)
 
 
 # --- 5. a pool used from another event loop ------------------------------------------------

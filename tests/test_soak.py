@@ -81,8 +81,8 @@ async def _prefetching(pool: aioproc.ProcessPool) -> None:
     """Make the pool send tasks ahead to a busy worker, as it does once tasks look tiny."""
     for i in range(20):
         await pool.apply(soak_tasks.work, i)
-    d = pool._dispatcher
-    assert d is not None
+    assert pool._engine is not None
+    d = pool._engine.dispatcher
     d._service = 0.0  # what a burst of tiny tasks brings it down to
     d._prefetch = 32
 
@@ -98,8 +98,8 @@ async def test_cancel_a_task_that_started_after_an_unread_reply(tmp_path: Path) 
         with anyio.fail_after(30):
             while not ahead_runs.exists():
                 await anyio.sleep(0.005)
-        d = pool._dispatcher
-        assert d is not None
+        assert pool._engine is not None
+        d = pool._engine.dispatcher
         # Until the loop turn of `ahead` is over: the next job is then written at once.
         while d._pump_scheduled:
             await anyio.lowlevel.checkpoint()

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, o
 import anyio
 
 from ._core import _loop
-from ._core._dispatch import (
+from ._core._engine import (
     MODE_MAP,
     MODE_STARMAP,
     MODE_STREAM,
     STREAM_ACK,
-    Dispatcher,
+    Engine,
     JobState,
     JobView,
     PoolConfig,
@@ -95,19 +95,19 @@ class Task(Generic[T_co]):
     accept it.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_dispatcher", "_job")
+    __slots__ = ("__weakref__", "_callbacks", "_engine", "_job")
 
     # asyncio.isfuture() looks for this attribute: it makes asyncio.ensure_future() (and
     # so wait, as_completed, gather, shield) take the task as it is.
     _asyncio_future_blocking = False
 
-    def __init__(self, dispatcher: Dispatcher, job: JobView) -> None:
-        self._dispatcher = dispatcher
+    def __init__(self, engine: Engine, job: JobView) -> None:
+        self._engine = engine
         self._job = job
         self._callbacks: list[tuple[Callable[[Task[T_co]], object], Any]] | None = None
 
     def __await__(self) -> Generator[Any, None, T_co]:
-        return self._dispatcher.wait(self._job).__await__()
+        return self._engine.wait(self._job).__await__()
 
     def cancel(self, msg: object = None) -> bool:
         """Cancel the task: a queued one never starts, a running one is stopped.
@@ -117,7 +117,7 @@ class Task(Generic[T_co]):
         """
         if self._job.finished():
             return False
-        self._dispatcher.cancel(self._job)
+        self._engine.cancel(self._job)
         return True
 
     def done(self) -> bool:
@@ -159,7 +159,7 @@ class Task(Generic[T_co]):
             return
         if self._callbacks is None:
             self._callbacks = []
-            self._dispatcher.on_done(self._job, self._notify)
+            self._engine.on_done(self._job, self._notify)
         self._callbacks.append((callback, context))
 
     def remove_done_callback(self, callback: Callable[[Task[T_co]], object]) -> int:
@@ -178,11 +178,11 @@ class Task(Generic[T_co]):
             self._schedule(callback, context)
 
     def _schedule(self, callback: Callable[[Task[T_co]], object], context: Any) -> None:
-        self._dispatcher.backend.call_soon_with(callback, self, context)
+        self._engine.backend.call_soon_with(callback, self, context)
 
     def get_loop(self) -> AbstractEventLoop:
         """The asyncio event loop the task belongs to (asyncio.Future's protocol)."""
-        return self._dispatcher.backend.asyncio_loop()
+        return self._engine.backend.asyncio_loop()
 
     def _make_cancelled_error(self) -> BaseException:
         # asyncio.gather() asks a cancelled child future for the error to raise.
@@ -263,7 +263,7 @@ class ProcessPool:
             initializer=initializer,
             initargs=initargs,
         )
-        self._dispatcher: Dispatcher | None = None
+        self._engine: Engine | None = None
         self._keeper: Handle | None = None
         self._closed = False
 
@@ -273,29 +273,29 @@ class ProcessPool:
     def max_workers(self) -> int:
         return self._max_workers
 
-    def _engine(self) -> Dispatcher:
-        dispatcher = self._dispatcher
-        if dispatcher is not None:
-            if dispatcher.backend.is_current():
-                return dispatcher
+    def _live_engine(self) -> Engine:
+        engine = self._engine
+        if engine is not None:
+            if engine.backend.is_current():
+                return engine
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            raise self._foreign_loop(dispatcher)
+            raise self._foreign_loop(engine)
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        dispatcher = Dispatcher(_loop.current_backend(), self._config)
-        self._dispatcher = dispatcher
+        engine = Engine(_loop.current_backend(), self._config)
+        self._engine = engine
         try:
-            dispatcher.start()
+            engine.start()
         except BaseException:
-            dispatcher.terminate_sync()
+            engine.terminate_sync()
             raise
-        self._keeper = dispatcher.until_loop_ends()
-        return dispatcher
+        self._keeper = engine.until_loop_ends()
+        return engine
 
     @staticmethod
-    def _foreign_loop(dispatcher: Dispatcher) -> RuntimeError:
-        owner = dispatcher.backend
+    def _foreign_loop(engine: Engine) -> RuntimeError:
+        owner = engine.backend
         ended = "" if owner.is_running() else ", which has ended"
         return RuntimeError(
             f"this pool belongs to another event loop: it was started in {owner!r}{ended}, "
@@ -306,7 +306,7 @@ class ProcessPool:
     async def __aenter__(self) -> ProcessPool:
         if self._closed:
             raise PoolClosedError("the pool is closed; a closed pool cannot be entered again")
-        self._engine()
+        self._live_engine()
         return self
 
     async def __aexit__(
@@ -324,23 +324,23 @@ class ProcessPool:
             cancel: cancel queued and running tasks instead of waiting for them.
         """
         self._closed = True
-        dispatcher = self._dispatcher
-        if dispatcher is None:
+        engine = self._engine
+        if engine is None:
             return
-        if not dispatcher.backend.is_current():
-            if dispatcher.backend.is_running():
-                raise self._foreign_loop(dispatcher)
-            dispatcher.terminate_sync()  # its loop has ended: nothing to wait for
+        if not engine.backend.is_current():
+            if engine.backend.is_running():
+                raise self._foreign_loop(engine)
+            engine.terminate_sync()  # its loop has ended: nothing to wait for
             return
         try:
-            await dispatcher.aclose(cancel=cancel)
+            await engine.aclose(cancel=cancel)
         except BaseException:
             # Cancelled while waiting for the work: cancel it, and still leave nothing.
             with anyio.CancelScope(shield=True):
-                await dispatcher.aclose(cancel=True)
+                await engine.aclose(cancel=True)
             raise
         finally:
-            dispatcher.terminate_sync()  # nothing left to do if it closed cleanly
+            engine.terminate_sync()  # nothing left to do if it closed cleanly
             self._stop_keeper()
 
     def _stop_keeper(self) -> None:
@@ -349,37 +349,37 @@ class ProcessPool:
             keeper.cancel()
 
     def __del__(self) -> None:
-        dispatcher = self.__dict__.get("_dispatcher")
-        if dispatcher is not None and not dispatcher.closed:
+        engine = self.__dict__.get("_engine")
+        if engine is not None and not engine.closed:
             warnings.warn(
                 f"unclosed {self!r}: use 'async with ProcessPool()' or 'await pool.aclose()'",
                 ResourceWarning,
                 source=self,
                 stacklevel=1,
             )
-            dispatcher.terminate_sync()
-            if dispatcher.backend.is_current():
+            engine.terminate_sync()
+            if engine.backend.is_current():
                 self._stop_keeper()
 
     def __repr__(self) -> str:
-        d = self.__dict__.get("_dispatcher")
+        d = self.__dict__.get("_engine")
         state = "closed" if self._closed or (d is not None and d.closed) else "open"
         return f"<aioproc.ProcessPool max_workers={self._max_workers} {state}>"
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's workers and task counts."""
-        d = self._dispatcher
-        if d is None:
+        engine = self._engine
+        if engine is None:
             return PoolStatistics(0, 0, 0, 0, 0, 0)
-        pids = tuple(d.pids())
+        stats = engine.statistics()
         return PoolStatistics(
-            workers=len(pids),
-            busy=d.busy(),
-            queued=d.queued(),
-            completed=d.completed,
-            failed=d.failed,
-            restarts=d.restarts,
-            pids=pids,
+            workers=len(stats.pids),
+            busy=stats.busy,
+            queued=stats.queued,
+            completed=stats.completed,
+            failed=stats.failed,
+            restarts=stats.restarts,
+            pids=tuple(stats.pids),
         )
 
     # --- single tasks -----------------------------------------------------------------------
@@ -403,7 +403,7 @@ class ProcessPool:
             PoolClosedError: the pool is closed.
         """
         _check_callable("fn", fn)
-        return await self._engine().apply(fn, args, kwargs)  # type: ignore[no-any-return]
+        return await self._live_engine().apply(fn, args, kwargs)  # type: ignore[no-any-return]
 
     @overload
     def submit(self, fn: Callable[P, _Co[T]], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
@@ -418,7 +418,7 @@ class ProcessPool:
         coroutine returns).
         """
         _check_callable("fn", fn)
-        d = self._engine()
+        d = self._live_engine()
         return Task(d, d.call(fn, args, kwargs))
 
     # --- many tasks -------------------------------------------------------------------------
@@ -552,7 +552,7 @@ class ProcessPool:
     ) -> list[Any]:
         if chunksize is not None:
             _check_int("chunksize", chunksize, minimum=1)
-        d = self._engine()
+        d = self._live_engine()
         fn_id = d.function_id(fn)
         if isinstance(iterable, AsyncIterable):
             items = [item async for item in iterable]
@@ -646,7 +646,7 @@ class ProcessPool:
         Several iterables are zipped as in :meth:`map`, lazily too.
         """
         iterable, mode = _zip_inputs("imap", iterables)
-        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=True, mode=mode)
+        return MapIterator(self._live_engine(), fn, iterable, chunksize, ordered=True, mode=mode)
 
     @overload
     def imap_unordered(
@@ -727,7 +727,7 @@ class ProcessPool:
     ) -> MapIterator[Any]:
         """Like :meth:`imap`, yielding results in completion order."""
         iterable, mode = _zip_inputs("imap_unordered", iterables)
-        return MapIterator(self._engine(), fn, iterable, chunksize, ordered=False, mode=mode)
+        return MapIterator(self._live_engine(), fn, iterable, chunksize, ordered=False, mode=mode)
 
     @overload
     def stream(
@@ -747,7 +747,7 @@ class ProcessPool:
         items' type is what the generator yields.
         """
         _check_callable("fn", gen_fn)
-        return StreamIterator(self._engine(), gen_fn, args, kwargs)
+        return StreamIterator(self._live_engine(), gen_fn, args, kwargs)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -844,7 +844,7 @@ class MapIterator(Generic[T]):
 
     def __init__(
         self,
-        d: Dispatcher,
+        d: Engine,
         fn: Callable[..., Any],
         iterable: Iterable[Any] | AsyncIterable[Any],
         chunksize: int | None,
@@ -1137,7 +1137,7 @@ class StreamIterator(Generic[T]):
     """The async iterator returned by ``stream``."""
 
     def __init__(
-        self, d: Dispatcher, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, d: Engine, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._d = d
         self._items: collections.deque[Any] = collections.deque()
@@ -1214,7 +1214,7 @@ def _default_pool() -> ProcessPool:
     backend = _loop.current_backend()  # one per asyncio loop or trio run
     pool: ProcessPool | None = backend.default_pool
     if pool is None or pool._closed:
-        # Shut down with its loop, as every pool (Dispatcher.until_loop_ends).
+        # Shut down with its loop, as every pool (Engine.until_loop_ends).
         pool = backend.default_pool = ProcessPool()
     return pool
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 import anyio
 
 from ._core import _loop
-from ._core._dispatch import JobView, ProcessRun, resolve_start_method
+from ._core._engine import JobView, ProcessRun, resolve_start_method
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Mapping

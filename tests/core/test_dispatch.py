@@ -19,13 +19,7 @@ import pytest
 
 from aioproc import PoolClosedError, WorkerDiedError
 from aioproc._core import _codec, _wire
-from aioproc._core._dispatch import (
-    MODE_MAP,
-    Dispatcher,
-    JobState,
-    JobView,
-    PoolConfig,
-)
+from aioproc._core._engine import MODE_MAP, Engine, JobState, JobView, PoolConfig
 
 
 def double(x: int) -> int:
@@ -190,8 +184,8 @@ class FakeProcess:
         return [m.id for m in self.received() if isinstance(m, _wire.Call)]
 
 
-class Engine:
-    """A dispatcher on a fake backend, with the fake workers it started."""
+class Rig:
+    """An engine on a fake backend, with the fake workers it started."""
 
     def __init__(self, **settings: Any) -> None:
         self.backend = FakeBackend()
@@ -205,8 +199,9 @@ class Engine:
             "start_method": "fork",
         }
         config.update(settings)
-        self.d = Dispatcher(self.backend, PoolConfig(**config), launch=self._launch)
-        self.d.start()
+        self.engine = Engine(self.backend, PoolConfig(**config), launch=self._launch)
+        self.engine.start()
+        self.d = self.engine.dispatcher
 
     def _launch(self, method: str, task_r: int, result_w: int) -> Any:
         proc = FakeProcess(task_r, result_w)
@@ -214,7 +209,7 @@ class Engine:
         return proc
 
     def call(self, fn: Callable[..., Any] = double, *args: Any) -> JobView:
-        return self.d.call(fn, args or (1,), {})
+        return self.engine.call(fn, args or (1,), {})
 
     def reply(self, proc: FakeProcess, *msgs: _wire.Message) -> None:
         """``proc`` writes ``msgs``; the loop then sees its result pipe readable."""
@@ -237,17 +232,17 @@ class Engine:
         self.backend.turn()
 
     def close(self) -> None:
-        self.d.terminate_sync()
+        self.engine.terminate_sync()
         for proc in self.procs:
             proc.close()
 
 
 @pytest.fixture
-def engine_factory() -> Iterator[Callable[..., Engine]]:
-    made: list[Engine] = []
+def engine_factory() -> Iterator[Callable[..., Rig]]:
+    made: list[Rig] = []
 
-    def make(**settings: Any) -> Engine:
-        engine = Engine(**settings)
+    def make(**settings: Any) -> Rig:
+        engine = Rig(**settings)
         made.append(engine)
         return engine
 
@@ -259,7 +254,7 @@ def engine_factory() -> Iterator[Callable[..., Engine]]:
 # --- picking a worker ---------------------------------------------------------------------
 
 
-def test_each_call_goes_to_an_idle_worker_first(engine_factory: Callable[..., Engine]) -> None:
+def test_each_call_goes_to_an_idle_worker_first(engine_factory: Callable[..., Rig]) -> None:
     e = engine_factory(max_workers=3)
     jobs = [e.call(double, i) for i in range(3)]
     e.backend.turn()
@@ -268,7 +263,7 @@ def test_each_call_goes_to_an_idle_worker_first(engine_factory: Callable[..., En
 
 
 def test_a_call_waits_in_the_queue_until_a_worker_answers(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1)
     (proc,) = e.procs
@@ -284,7 +279,7 @@ def test_a_call_waits_in_the_queue_until_a_worker_answers(
 
 
 def test_tiny_tasks_are_prefetched_and_slow_ones_are_not(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1)
     (proc,) = e.procs
@@ -307,7 +302,7 @@ def test_tiny_tasks_are_prefetched_and_slow_ones_are_not(
     assert [job.state for job in slow] == [JobState.SENT, JobState.QUEUED, JobState.QUEUED]
 
 
-def test_a_function_is_defined_once_per_worker(engine_factory: Callable[..., Engine]) -> None:
+def test_a_function_is_defined_once_per_worker(engine_factory: Callable[..., Rig]) -> None:
     e = engine_factory(max_workers=1)
     (proc,) = e.procs
     for fn in (double, double, triple, double):
@@ -318,19 +313,19 @@ def test_a_function_is_defined_once_per_worker(engine_factory: Callable[..., Eng
         defines = [m.fn for m in frames if isinstance(m, _wire.Define)]
         (call,) = [m for m in frames if isinstance(m, _wire.Call)]
         assert defines in ([], [call.fn])
-    assert e.d.function_id(double) != e.d.function_id(triple)
+    assert e.engine.function_id(double) != e.engine.function_id(triple)
 
 
 # --- cancelling ---------------------------------------------------------------------------
 
 
-def test_a_cancelled_queued_call_is_never_sent(engine_factory: Callable[..., Engine]) -> None:
+def test_a_cancelled_queued_call_is_never_sent(engine_factory: Callable[..., Rig]) -> None:
     e = engine_factory(max_workers=1)
     (proc,) = e.procs
     first, second = e.call(double, 1), e.call(double, 2)
     seen: list[JobView] = []
-    e.d.on_done(second, seen.append)
-    e.d.cancel(second)
+    e.engine.on_done(second, seen.append)
+    e.engine.cancel(second)
     assert second.state == JobState.CANCELLED and seen == [second]
     e.backend.advance(1.0)
     e.done(proc, first, 2)
@@ -340,13 +335,13 @@ def test_a_cancelled_queued_call_is_never_sent(engine_factory: Callable[..., Eng
 
 
 def test_cancelling_a_running_call_kills_and_replaces_its_worker(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1)
     (proc,) = e.procs
     job = e.call(double, 1)
     e.backend.turn()
-    e.d.cancel(job)
+    e.engine.cancel(job)
     assert proc.signals == [signal.SIGKILL]
     e.die(proc)
     assert job.state == JobState.CANCELLED  # not failed: the death was ours
@@ -357,7 +352,7 @@ def test_cancelling_a_running_call_kills_and_replaces_its_worker(
 
 
 def test_cancelling_a_prefetched_call_tells_the_worker_to_skip_it(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1)
     (proc,) = e.procs
@@ -365,7 +360,7 @@ def test_cancelling_a_prefetched_call_tells_the_worker_to_skip_it(
     running, waiting = e.call(double, 1), e.call(double, 2)
     e.backend.turn()
     assert proc.calls() == [running.id, waiting.id]
-    e.d.cancel(waiting)
+    e.engine.cancel(waiting)
     e.backend.turn()
     assert [m for m in proc.received() if isinstance(m, _wire.Cancel)] == [_wire.Cancel(waiting.id)]
     assert proc.signals == []  # the task ahead of it runs on
@@ -374,14 +369,14 @@ def test_cancelling_a_prefetched_call_tells_the_worker_to_skip_it(
 
 
 def test_concurrent_workers_cancel_a_coroutine_in_place_then_kill_if_it_ignores_it(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1, concurrency=2)
     (proc,) = e.procs
     e.ready(proc)
     stubborn, other = e.call(double, 1), e.call(double, 2)
     e.backend.turn()
-    e.d.cancel(stubborn)
+    e.engine.cancel(stubborn)
     e.backend.turn()
     assert _wire.Cancel(stubborn.id) in proc.received()
     assert proc.signals == []
@@ -396,7 +391,7 @@ def test_concurrent_workers_cancel_a_coroutine_in_place_then_kill_if_it_ignores_
 
 
 def test_a_death_fails_the_running_call_and_requeues_the_waiting_ones(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1)
     (proc,) = e.procs
@@ -413,7 +408,7 @@ def test_a_death_fails_the_running_call_and_requeues_the_waiting_ones(
 
 
 def test_a_retried_call_runs_again_and_fails_once_its_retries_are_spent(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1, retries=1)
     job = e.call(double, 1)
@@ -426,12 +421,13 @@ def test_a_retried_call_runs_again_and_fails_once_its_retries_are_spent(
 
 
 def test_a_retried_map_chunk_skips_the_results_already_delivered(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1, retries=1)
     got: list[list[int]] = []
-    chunk = e.d.chunk(e.d.function_id(double), [1, 2, 3, 4], 0, MODE_MAP, on_item=got.append)
-    e.d.submit(chunk)
+    fn_id = e.engine.function_id(double)
+    chunk = e.engine.chunk(fn_id, [1, 2, 3, 4], 0, MODE_MAP, on_item=got.append)
+    e.engine.submit(chunk)
     e.backend.turn()
     e.reply(e.procs[0], _wire.Item(chunk.id, _codec.dumps([2, 4])))
     assert got == [[2, 4]] and e.d.completed == 2
@@ -442,7 +438,7 @@ def test_a_retried_map_chunk_skips_the_results_already_delivered(
     assert chunk.outcome() == [6, 8] and e.d.completed == 4
 
 
-def test_an_initializer_failure_breaks_the_pool(engine_factory: Callable[..., Engine]) -> None:
+def test_an_initializer_failure_breaks_the_pool(engine_factory: Callable[..., Rig]) -> None:
     e = engine_factory(max_workers=1)
     queued = [e.call(double, i) for i in range(2)]
     e.backend.turn()
@@ -455,7 +451,7 @@ def test_an_initializer_failure_breaks_the_pool(engine_factory: Callable[..., En
 # --- timeouts -----------------------------------------------------------------------------
 
 
-def test_the_clock_starts_when_the_worker_is_ready(engine_factory: Callable[..., Engine]) -> None:
+def test_the_clock_starts_when_the_worker_is_ready(engine_factory: Callable[..., Rig]) -> None:
     e = engine_factory(max_workers=1, task_timeout=1.0)
     (proc,) = e.procs
     job = e.call(double, 1)
@@ -471,7 +467,7 @@ def test_the_clock_starts_when_the_worker_is_ready(engine_factory: Callable[...,
     assert proc.signals == [signal.SIGKILL]
 
 
-def test_a_reply_before_the_deadline_stops_the_clock(engine_factory: Callable[..., Engine]) -> None:
+def test_a_reply_before_the_deadline_stops_the_clock(engine_factory: Callable[..., Rig]) -> None:
     e = engine_factory(max_workers=1, task_timeout=1.0)
     (proc,) = e.procs
     e.ready(proc)
@@ -487,15 +483,15 @@ def test_a_reply_before_the_deadline_stops_the_clock(engine_factory: Callable[..
 
 
 def test_a_job_is_resolved_once_and_a_late_reply_is_dropped(
-    engine_factory: Callable[..., Engine],
+    engine_factory: Callable[..., Rig],
 ) -> None:
     e = engine_factory(max_workers=1, concurrency=2)
     (proc,) = e.procs
     job = e.call(double, 1)
     e.backend.turn()
     calls: list[JobView] = []
-    e.d.on_done(job, calls.append)
-    e.d.cancel(job)
+    e.engine.on_done(job, calls.append)
+    e.engine.cancel(job)
     e.done(proc, job, 2)  # it finished anyway: too late
     assert job.state == JobState.CANCELLED and calls == [job]
     assert e.d.completed == 0

@@ -1,6 +1,6 @@
 """The public layer reaches the engine only through its API.
 
-``_pool.py`` and ``_process.py`` talk to ``_core._dispatch`` (the dispatcher, job views,
+``_pool.py`` and ``_process.py`` talk to ``_core._engine`` (``Engine``, job views,
 ``ProcessRun``) and ``_core._loop`` (the event-loop seam). Encoding, frames and the loops
 themselves stay below: neither module imports ``_codec``, ``_wire``, ``_spawn``, asyncio or
 trio at run time (imports for type checking only are fine).
@@ -16,7 +16,7 @@ import pytest
 import aioproc
 
 SRC = Path(aioproc.__file__).parent
-ENGINE_API = {"aioproc._core._dispatch", "aioproc._core._loop"}
+ENGINE_API = {"aioproc._core._engine", "aioproc._core._loop"}
 FORBIDDEN = {"asyncio", "trio", "aioproc._core._codec", "aioproc._core._wire"}
 
 

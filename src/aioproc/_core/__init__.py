@@ -1,12 +1,14 @@
 """The engine under aioproc's public API: wire format, codec, workers, dispatcher, spawning.
 
 Nothing in here imports the public modules of the package (``aioproc._pool`` and friends),
-but for ``aioproc._exceptions``. Inside, imports go one way, down this order (a module
+but for ``aioproc._exceptions``; ``_pool`` and ``_process`` use only ``_engine`` and
+``_loop`` (``tests/core/test_engine_api.py``). Inside, imports go one way, down this order (a module
 imports only modules of the layers below its own; modules of one layer import none of each
 other)::
 
-    _dispatch                     the parent's scheduler: queue, pick, supervision, timeouts
-    _link  _relay  _functions     a worker's pipes; its output and logs; the function table
+    _engine                       the engine's API to the public layer: jobs in, outcomes out
+    _dispatch                     the parent's scheduler: queue, routing, supervision
+    _link  _functions  _relay     a worker's pipes; the function table; output and logs
     _spawn  _forkserver           starting worker processes
     _worker                       the worker process: its entry point and blocking loop
     _worker_async                 the worker's asyncio loop (concurrency > 1)
@@ -36,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_worker_async",),
     ("_worker",),
     ("_spawn", "_forkserver"),
-    ("_link", "_relay", "_functions"),
+    ("_link", "_functions", "_relay"),
     ("_dispatch",),
+    ("_engine",),
 )

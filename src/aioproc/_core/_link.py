@@ -23,10 +23,11 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
-from . import _fds, _spawn, _wire
+from . import _fds, _wire
 
 if TYPE_CHECKING:
     from ._loop import Backend
+    from ._spawn import ProcessHandle
 
 __all__ = ("READ_SIZE", "WorkerLink")
 
@@ -48,7 +49,7 @@ class WorkerLink:
         "writing",
     )
 
-    def __init__(self, proc: _spawn.ProcessHandle, task_fd: int, result_fd: int) -> None:
+    def __init__(self, proc: ProcessHandle, task_fd: int, result_fd: int) -> None:
         self.proc = proc
         self.pid = proc.pid
         self.task_fd = task_fd
