@@ -58,7 +58,6 @@ __all__ = (
     "Executor",
     "answer",
     "check_generator",
-    "flush_hub",
     "load_payload",
 )
 
@@ -101,11 +100,6 @@ class Channel:
             while buf:
                 n = os.write(self._fd, buf)
                 del buf[:n]
-
-
-def flush_hub() -> None:
-    """Write what this process posted to the IPC hub and has not sent yet."""
-    _client.flush_clients()
 
 
 class _Partials:
@@ -225,7 +219,7 @@ class _Partials:
             if own_thread:
                 self.worker.flush_output()
             else:
-                flush_hub()
+                _client.flush_clients()
             self.worker.channel.send(msg)
         except OSError:
             return  # the parent is gone: the watcher thread ends this process
