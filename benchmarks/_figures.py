@@ -12,8 +12,8 @@ register it::
     )
 
 and add any new non-pool peer to `_impls.IMPLS` with `open_pool=None`. The IPC figures (queue,
-lock, event) are measured in `_ipc`, whose functions return `(value, detail)`; `_ipc_runners`
-turns them into runners.
+child_get, pipeline, lock, event) are measured in `_ipc`, whose functions return
+`(value, detail)`; `_ipc_runners` turns them into runners.
 
 Each runner call happens in a fresh event loop (`asyncio.run`) under a timeout; a figure with
 `samples > 1` is called that many times and reports the median. With `fresh_process`, every
@@ -510,6 +510,32 @@ FIGURES: dict[str, Figure] = {
                 mp_ipc=_ipc.queue_mp,
                 mp_pipe=_ipc.queue_mp_pipe,
                 aioprocessing=_ipc.queue_aioprocessing,
+            ),
+        ),
+        Figure(
+            name="child_get",
+            unit="msgs/s",
+            better="higher",
+            about="small ints from the parent to a child consumer taking each with a blocking"
+            " get, parent's first put to the child's last get",
+            runners=_ipc_runners(
+                aioproc=_ipc.child_get_aioproc,
+                mp_ipc=_ipc.child_get_mp,
+                mp_pipe=_ipc.child_get_mp_pipe,
+                aioprocessing=_ipc.child_get_aioprocessing,
+            ),
+        ),
+        Figure(
+            name="pipeline",
+            unit="msgs/s",
+            better="higher",
+            about="small ints through producer child → transformer child → async parent over"
+            " two queues, producer's first put to the parent's last get",
+            runners=_ipc_runners(
+                aioproc=_ipc.pipeline_aioproc,
+                mp_ipc=_ipc.pipeline_mp,
+                mp_pipe=_ipc.pipeline_mp_pipe,
+                aioprocessing=_ipc.pipeline_aioprocessing,
             ),
         ),
         Figure(

@@ -200,6 +200,206 @@ async def queue_mp_pipe(sizes: Sizes) -> Result:
     return value, {**detail, "producer_start": _mp_start_method()}
 
 
+# -- child consumers: one child taking items, and a pipeline of two children ---------------
+
+
+async def _produce(put: Callable[[Any], Awaitable[None]], n: int) -> None:
+    """Put `n` ints, then `(start, end)` of the puts on the machine's clock."""
+    clock = _tasks.clock
+    start = clock()
+    for i in range(n):
+        await put(i)
+    await put((start, clock()))
+
+
+def _child_result(n: int, seconds: float, start: str) -> Result:
+    return n / seconds, {"items": n, "seconds": seconds, "consumer_start": start}
+
+
+async def child_get_aioproc(sizes: Sizes) -> Result:
+    """`aioproc.Queue`: the parent `await q.put()`s, an `aioproc.Process` child takes each
+    item with a blocking `q.sync.get()`."""
+    import aioproc
+
+    n = sizes.queue_items
+    q: aioproc.Queue[Any] = aioproc.Queue()
+    back: aioproc.Queue[Any] = aioproc.Queue()
+    async with aioproc.Process(target=_tasks.child_get_aioproc, args=(q, back, n)) as child:
+        await q.put(_tasks.QUEUE_READY)
+        _check(await back.get(), _tasks.QUEUE_READY, "consumer's readiness")
+        await _produce(q.put, n)
+        seconds = await child.result()
+    return _child_result(n, seconds, "forkserver (aioproc default)")
+
+
+async def _child_get_mp_like(queue_type: Callable[[], Any], sizes: Sizes) -> Result:
+    n = sizes.queue_items
+    loop = asyncio.get_running_loop()
+    q, back = queue_type(), queue_type()
+    proc = multiprocessing.Process(target=_tasks.child_get_mp, args=(q, back, n))
+    proc.start()
+    failed = True
+    try:
+        q.put(_tasks.QUEUE_READY)
+        ready = await loop.run_in_executor(None, back.get, True, _JOIN_S * 6)
+        _check(ready, _tasks.QUEUE_READY, "consumer's readiness")
+
+        async def put(item: Any) -> None:
+            q.put(item)  # never blocks: a feeder thread writes the pipe
+
+        await _produce(put, n)
+        seconds = await loop.run_in_executor(None, back.get, True, _JOIN_S * 6)
+        failed = False
+    finally:
+        if failed:
+            for channel in (q, back):
+                channel.cancel_join_thread()
+        _stop(proc, failed=failed)
+    return _child_result(n, seconds, _mp_start_method())
+
+
+async def child_get_mp(sizes: Sizes) -> Result:
+    """`multiprocessing.Queue`: the parent `q.put()`s (it never blocks), a
+    `multiprocessing.Process` child takes each item with a blocking `q.get()`."""
+    return await _child_get_mp_like(multiprocessing.Queue, sizes)
+
+
+async def child_get_aioprocessing(sizes: Sizes) -> Result:
+    """`aioprocessing.AioQueue`: as `multiprocessing.Queue` (its child side is blocking)."""
+    import aioprocessing
+
+    return await _child_get_mp_like(aioprocessing.AioQueue, sizes)
+
+
+async def child_get_mp_pipe(sizes: Sizes) -> Result:
+    """Hand-rolled: `mp.Pipe(duplex=False)`; the parent's `send()`s run in a thread (a full
+    pipe blocks them), the child `recv()`s."""
+    n = sizes.queue_items
+    loop = asyncio.get_running_loop()
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    back_reader, back_writer = multiprocessing.Pipe(duplex=False)
+    proc = multiprocessing.Process(target=_tasks.child_get_pipe, args=(reader, back_writer, n))
+    proc.start()
+    reader.close()
+    back_writer.close()
+    failed = True
+    try:
+        writer.send(_tasks.QUEUE_READY)
+        ready = await loop.run_in_executor(None, back_reader.recv)
+        _check(ready, _tasks.QUEUE_READY, "consumer's readiness")
+
+        def produce() -> None:
+            clock = _tasks.clock
+            start = clock()
+            for i in range(n):
+                writer.send(i)
+            writer.send((start, clock()))
+
+        await loop.run_in_executor(None, produce)
+        seconds = await loop.run_in_executor(None, back_reader.recv)
+        failed = False
+    finally:
+        writer.close()
+        back_reader.close()
+        _stop(proc, failed=failed)
+    return _child_result(n, seconds, _mp_start_method())
+
+
+async def pipeline_aioproc(sizes: Sizes) -> Result:
+    """Two `aioproc.Queue`s: a producer task → a transformer task (blocking `sync.get` and
+    `sync.put`) → the parent's `await q.get()`."""
+    import aioproc
+
+    n = sizes.queue_items
+    first: aioproc.Queue[Any] = aioproc.Queue()
+    second: aioproc.Queue[Any] = aioproc.Queue()
+    async with aioproc.ProcessPool(2) as pool:
+        middle = pool.submit(_tasks.transform_aioproc, first, second, n)
+        producer = pool.submit(_tasks.queue_produce_aioproc, first, n)
+        value, detail = await _consume(second.get, n)
+        _check(await producer, n, "producer")
+        _check(await middle, n, "transformer")
+    return value, {**detail, "children_start": "forkserver (aioproc default)"}
+
+
+async def _pipeline_mp_like(
+    queue_type: Callable[[], Any], get: Callable[[Any], Callable[[], Awaitable[Any]]], n: int
+) -> Result:
+    first, second = queue_type(), queue_type()
+    middle = multiprocessing.Process(target=_tasks.transform_mp, args=(first, second, n))
+    producer = multiprocessing.Process(target=_tasks.queue_produce_mp, args=(first, n))
+    middle.start()
+    producer.start()
+    failed = True
+    try:
+        result = await _consume(get(second), n)
+        failed = False
+    finally:
+        if failed:
+            for channel in (first, second):
+                channel.cancel_join_thread()
+        _stop(producer, failed=failed)
+        _stop(middle, failed=failed)
+    value, detail = result
+    return value, {**detail, "children_start": _mp_start_method()}
+
+
+async def pipeline_mp(sizes: Sizes) -> Result:
+    """Two `multiprocessing.Queue`s and two `multiprocessing.Process` children; the parent
+    `await loop.run_in_executor(None, q.get)` per item."""
+    loop = asyncio.get_running_loop()
+    return await _pipeline_mp_like(
+        multiprocessing.Queue,
+        lambda q: functools.partial(loop.run_in_executor, None, q.get),
+        sizes.queue_items,
+    )
+
+
+async def pipeline_aioprocessing(sizes: Sizes) -> Result:
+    """Two `aioprocessing.AioQueue`s (blocking calls in the children); the parent
+    `await q.coro_get()`."""
+    import aioprocessing
+
+    return await _pipeline_mp_like(aioprocessing.AioQueue, lambda q: q.coro_get, sizes.queue_items)
+
+
+async def pipeline_mp_pipe(sizes: Sizes) -> Result:
+    """Two `mp.Pipe(duplex=False)`s; the parent reads the second with `loop.add_reader`."""
+    n = sizes.queue_items
+    loop = asyncio.get_running_loop()
+    first_r, first_w = multiprocessing.Pipe(duplex=False)
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    middle = multiprocessing.Process(target=_tasks.transform_pipe, args=(first_r, writer, n))
+    producer = multiprocessing.Process(target=_tasks.queue_produce_pipe, args=(first_w, n))
+    middle.start()
+    producer.start()
+    for conn in (first_r, first_w, writer):
+        conn.close()  # the children hold them: their exits are the EOFs
+    fd = reader.fileno()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_readable() -> None:
+        try:
+            while reader.poll():
+                inbox.put_nowait(reader.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(fd)
+            inbox.put_nowait(_EOF)
+
+    loop.add_reader(fd, on_readable)
+    failed = True
+    try:
+        result = await _consume(inbox.get, n)
+        failed = False
+    finally:
+        loop.remove_reader(fd)
+        reader.close()
+        _stop(producer, failed=failed)
+        _stop(middle, failed=failed)
+    value, detail = result
+    return value, {**detail, "children_start": _mp_start_method()}
+
+
 # -- lock -----------------------------------------------------------------------------------
 
 

@@ -120,6 +120,64 @@ def queue_produce_pipe(conn: Any, n: int) -> None:
     conn.close()
 
 
+def _consume_blocking(get: Any, ready: Any, n: int) -> float:
+    """Take the readiness item and say so with `ready()`, then `n` ints in order, then the
+    producer's `(start, end)`; return the seconds from its first put to this last int.
+
+    The producer starts only once `ready()` was called: the consumer's own start-up is not
+    timed.
+    """
+    got = get()
+    if got != QUEUE_READY:
+        raise AssertionError(f"readiness item: expected {QUEUE_READY!r}, got {got!r}")
+    ready()
+    for i in range(n):
+        got = get()
+        if got != i:
+            raise AssertionError(f"item {i}: expected {i!r}, got {got!r}")
+    last = clock()
+    start, _ = get()
+    return float(last - start)
+
+
+def child_get_aioproc(q: Any, back: Any, n: int) -> float:
+    """A child consumer on an `aioproc.Queue`: blocking `q.sync.get()` per item."""
+    return _consume_blocking(q.sync.get, lambda: back.sync.put(QUEUE_READY), n)
+
+
+def child_get_mp(q: Any, back: Any, n: int) -> None:
+    """`child_get_aioproc` for a `multiprocessing.Queue`; the seconds go to `back` too."""
+    back.put(_consume_blocking(q.get, lambda: back.put(QUEUE_READY), n))
+
+
+def child_get_pipe(conn: Any, back: Any, n: int) -> None:
+    """`child_get_aioproc` for the read end of a `multiprocessing.Pipe`."""
+    back.send(_consume_blocking(conn.recv, lambda: back.send(QUEUE_READY), n))
+
+
+def _forward(get: Any, put: Any, n: int) -> int:
+    """Pass the readiness item, `n` ints and the timestamps from `get` to `put`."""
+    for _ in range(n + 2):
+        put(get())
+    return n
+
+
+def transform_aioproc(source: Any, sink: Any, n: int) -> int:
+    """The middle of a pipeline: from one `aioproc.Queue` to another, blocking calls."""
+    return _forward(source.sync.get, sink.sync.put, n)
+
+
+def transform_mp(source: Any, sink: Any, n: int) -> None:
+    """`transform_aioproc` for `multiprocessing.Queue`s (or aioprocessing's `AioQueue`s)."""
+    _forward(source.get, sink.put, n)
+
+
+def transform_pipe(source: Any, sink: Any, n: int) -> None:
+    """`transform_aioproc` for a `multiprocessing.Pipe` read end and another's write end."""
+    _forward(source.recv, sink.send, n)
+    sink.close()
+
+
 def event_echo_aioproc(ping: Any, pong: Any, rounds: int, timeout: float) -> int:
     """Answer `rounds` pings on two `aioproc.Event`s: wait for ping, clear it, set pong.
 
