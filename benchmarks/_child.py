@@ -61,8 +61,12 @@ async def _bounded(runner: Runner, sizes: Sizes, timeout_s: float) -> Measuremen
         return await runner(sizes)
 
 
-def _run_here(runner: Runner, sizes: Sizes, timeout_s: float) -> Measurement:
+def _run_here(runner: Runner, sizes: Sizes, timeout_s: float, loop: str) -> Measurement:
     try:
+        if loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(_bounded(runner, sizes, timeout_s))
         return asyncio.run(_bounded(runner, sizes, timeout_s))
     except TimeoutError as exc:
         if str(exc):
@@ -120,7 +124,7 @@ def _measure(impl: Impl, figure: Figure, sizes: Sizes, inner: bool) -> Result:
         if fresh:
             samples.append(_run_in_fresh_process(impl.name, figure.name, sizes, remaining))
         else:
-            samples.append(_run_here(runner, sizes, remaining))
+            samples.append(_run_here(runner, sizes, remaining, figure.loop))
     if len(samples) == 1:
         return {"status": "ok", "value": samples[0].value, "detail": samples[0].detail}
     values = [s.value for s in samples]

@@ -139,6 +139,7 @@ class Figure:
         samples: How many times to call the runner (median reported), given the sizes.
         fresh_process: Run each sample in its own interpreter.
         noise: Values at or below this cannot be told apart (measurement resolution).
+        loop: The event loop each runner call runs on (`uvloop`: `uvloop.run`).
     """
 
     name: str
@@ -149,6 +150,7 @@ class Figure:
     samples: Callable[[Sizes], int] = lambda sizes: 1
     fresh_process: bool = False
     noise: float = 0.0
+    loop: Literal["asyncio", "uvloop"] = "asyncio"
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -217,16 +219,48 @@ async def latency(impl: Impl, sizes: Sizes) -> Measurement:
         return await _sample_latency(functools.partial(pool.apply, _tasks.double), sizes)
 
 
+async def _gather_floor(n: int) -> float:
+    """Tasks/s of `asyncio.gather` over `n` coroutines that each await a future the loop
+    resolves at once: the event loop's own cost per gathered task, no work, no I/O."""
+    loop = asyncio.get_running_loop()
+
+    async def one(x: int) -> int:
+        future: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(future.set_result, x)
+        return 2 * await future
+
+    await asyncio.gather(*(one(x) for x in range(100)))  # warm
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(x) for x in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
 async def concurrent(impl: Impl, sizes: Sizes) -> Measurement:
-    """Many `apply` calls gathered at once, the async-server pattern (tasks/s)."""
+    """Many `apply` calls gathered at once, the async-server pattern (tasks/s).
+
+    The detail has the loop's own floor measured just before in the same loop
+    (`_gather_floor`): what gathering that many tasks costs with nothing behind them, so
+    the share of the time that is the loop's and the share that is the library's show.
+    """
     n = sizes.concurrent_tasks
+    floor = await _gather_floor(n)
     async with _opener(impl)(sizes.workers, None) as pool:
         await _touch_workers(pool, sizes)
         t0 = time.perf_counter()
         got = await asyncio.gather(*(pool.apply(_tasks.double, x) for x in range(n)))
         seconds = time.perf_counter() - t0
     _check(list(got), [2 * x for x in range(n)], "results")
-    return Measurement(n / seconds, {"tasks": n, "seconds": seconds})
+    loop_s = n / floor
+    return Measurement(
+        n / seconds,
+        {
+            "tasks": n,
+            "seconds": seconds,
+            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+            "loop_floor_tasks_per_s": floor,
+            "loop_share": loop_s / seconds,  # of the time, what the bare gather costs
+        },
+    )
 
 
 async def map_(impl: Impl, sizes: Sizes) -> Measurement:
@@ -448,6 +482,14 @@ FIGURES: dict[str, Figure] = {
             better="higher",
             about="tiny `apply` calls gathered at once",
             runners=_for_pools(concurrent),
+        ),
+        Figure(
+            name="concurrent.uvloop",
+            unit="tasks/s",
+            better="higher",
+            about="`concurrent` with the event loop of uvloop",
+            runners=_for_pools(concurrent),
+            loop="uvloop",
         ),
         Figure(
             name="map",
