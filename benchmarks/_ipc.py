@@ -166,16 +166,22 @@ async def queue_aioprocessing(sizes: Sizes) -> Result:
 
 
 async def queue_mp_pipe(sizes: Sizes) -> Result:
-    """Hand-rolled: `mp.Pipe(duplex=False)`, `loop.add_reader` → `recv()` while `poll()`.
-
-    The reader callback feeds an `asyncio.Queue`, which the consumer awaits item by item.
-    """
+    """Hand-rolled: `mp.Pipe(duplex=False)`, `loop.add_reader` → `recv()` while `poll()`."""
     n = sizes.queue_items
-    loop = asyncio.get_running_loop()
     reader, writer = multiprocessing.Pipe(duplex=False)
     proc = multiprocessing.Process(target=_tasks.queue_produce_pipe, args=(writer, n))
     proc.start()
     writer.close()  # the child holds the only write end: its exit is our EOF
+    value, detail = await _consume_pipe(reader, n, [proc])
+    return value, {**detail, "producer_start": _mp_start_method()}
+
+
+async def _consume_pipe(reader: Any, n: int, procs: list[Any]) -> Result:
+    """`_consume` on the read end of a pipe through `loop.add_reader`; `procs` are reaped.
+
+    The reader callback feeds an `asyncio.Queue`, which the consumer awaits item by item.
+    """
+    loop = asyncio.get_running_loop()
     fd = reader.fileno()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -195,9 +201,9 @@ async def queue_mp_pipe(sizes: Sizes) -> Result:
     finally:
         loop.remove_reader(fd)
         reader.close()
-        _stop(proc, failed=failed)
-    value, detail = result
-    return value, {**detail, "producer_start": _mp_start_method()}
+        for proc in procs:
+            _stop(proc, failed=failed)
+    return result
 
 
 # -- child consumers: one child taking items, and a pipeline of two children ---------------
@@ -366,7 +372,6 @@ async def pipeline_aioprocessing(sizes: Sizes) -> Result:
 async def pipeline_mp_pipe(sizes: Sizes) -> Result:
     """Two `mp.Pipe(duplex=False)`s; the parent reads the second with `loop.add_reader`."""
     n = sizes.queue_items
-    loop = asyncio.get_running_loop()
     first_r, first_w = multiprocessing.Pipe(duplex=False)
     reader, writer = multiprocessing.Pipe(duplex=False)
     middle = multiprocessing.Process(target=_tasks.transform_pipe, args=(first_r, writer, n))
@@ -375,28 +380,7 @@ async def pipeline_mp_pipe(sizes: Sizes) -> Result:
     producer.start()
     for conn in (first_r, first_w, writer):
         conn.close()  # the children hold them: their exits are the EOFs
-    fd = reader.fileno()
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
-
-    def on_readable() -> None:
-        try:
-            while reader.poll():
-                inbox.put_nowait(reader.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(fd)
-            inbox.put_nowait(_EOF)
-
-    loop.add_reader(fd, on_readable)
-    failed = True
-    try:
-        result = await _consume(inbox.get, n)
-        failed = False
-    finally:
-        loop.remove_reader(fd)
-        reader.close()
-        _stop(producer, failed=failed)
-        _stop(middle, failed=failed)
-    value, detail = result
+    value, detail = await _consume_pipe(reader, n, [producer, middle])
     return value, {**detail, "children_start": _mp_start_method()}
 
 
