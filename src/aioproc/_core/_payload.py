@@ -56,34 +56,45 @@ OOB_THRESHOLD = 1 << 20
 _SCALARS = frozenset({int, float, str, bool, type(None), complex})
 _SCAN_LIMIT = 32  # items of a container looked at: a result list of 100,000 ints is not scanned
 
+# Types that can never hold a big buffer (no ``nbytes`` attribute on the type), learnt as
+# they are met: functions, plain objects and the scalars cost one set lookup, not a failed
+# getattr each time. Bounded by the number of distinct types a program passes.
+_NOT_BUFFERS: set[type] = set(_SCALARS)
+
 
 def _is_big(value: object) -> bool:
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in _NOT_BUFFERS:
         return False
     if kind is bytes or kind is bytearray:
         return len(value) >= OOB_THRESHOLD  # type: ignore[arg-type]
     if kind is memoryview:
         return value.nbytes >= OOB_THRESHOLD  # type: ignore[attr-defined,no-any-return]
-    nbytes = getattr(value, "nbytes", None)  # numpy arrays and the like
+    if not hasattr(kind, "nbytes"):  # numpy arrays and the like have it on the type
+        _NOT_BUFFERS.add(kind)
+        return False
+    nbytes = getattr(value, "nbytes", None)
     return isinstance(nbytes, int) and nbytes >= OOB_THRESHOLD
 
 
 def has_big_buffers(values: object, depth: int = 3) -> bool:
     """Does ``values`` hold a large buffer, at the top or in (the first items of) nested
     tuples, lists and dicts? Cheap by design: it runs for every call and every result."""
-    if _is_big(values):
-        return True
-    if depth <= 0:
-        return False
     kind = type(values)
     if kind is tuple or kind is list:
-        items = values[:_SCAN_LIMIT]  # type: ignore[index]
+        items = values if len(values) <= _SCAN_LIMIT else values[:_SCAN_LIMIT]  # type: ignore[arg-type,index]
     elif kind is dict:
-        items = list(values.values())[:_SCAN_LIMIT]  # type: ignore[attr-defined]
+        items = values.values()  # type: ignore[attr-defined]
+        if len(items) > _SCAN_LIMIT:
+            items = list(items)[:_SCAN_LIMIT]
     else:
+        return _is_big(values)
+    if depth <= 0:
         return False
-    return any(type(v) not in _SCALARS and has_big_buffers(v, depth - 1) for v in items)
+    for item in items:
+        if type(item) not in _SCALARS and has_big_buffers(item, depth - 1):
+            return True
+    return False
 
 
 def _rebuild_bytes(buffer: Any) -> bytes:
