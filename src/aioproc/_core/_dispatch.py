@@ -703,7 +703,8 @@ class Dispatcher:
     def _left_worker(self, worker: _Worker, job: Job) -> None:
         """``job`` left ``worker``: stop its timer, learn its service time, and start the
         clock of the job that now starts in its place."""
-        self._stop_timer(job)
+        if job.timer is not None:
+            self._stop_timer(job)
         if job.mode == MODE_CALL:
             # Adapt prefetch to the observed service time of single calls.
             elapsed = self.backend.time() - job.started

@@ -65,6 +65,12 @@ class FunctionTable:
         """
         # Module-level functions are cached by identity; anything else is pickled each
         # time, and the blob table still spares the workers a second Define.
+        if type(fn) is types.FunctionType:
+            # The hot path: a function seen before. Only cacheable ones are in the table,
+            # so a hit needs no cacheable() test.
+            fn_id = self._by_obj.get(fn)
+            if fn_id is not None:
+                return fn_id
         is_cacheable = cacheable(fn)
         if is_cacheable:
             fn_id = self._by_obj.get(fn)

@@ -53,7 +53,7 @@ _pickle_dumps = pickle.dumps
 OOB_THRESHOLD = 1 << 20
 
 
-_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+_SCALARS: frozenset[type] = frozenset({int, float, str, bool, type(None), complex})
 _SCAN_LIMIT = 32  # items of a container looked at: a result list of 100,000 ints is not scanned
 
 # Types that can never hold a big buffer (no ``nbytes`` attribute on the type), learnt as
@@ -81,6 +81,7 @@ def has_big_buffers(values: object, depth: int = 3) -> bool:
     """Does ``values`` hold a large buffer, at the top or in (the first items of) nested
     tuples, lists and dicts? Cheap by design: it runs for every call and every result."""
     kind = type(values)
+    items: Any
     if kind is tuple or kind is list:
         items = values if len(values) <= _SCAN_LIMIT else values[:_SCAN_LIMIT]  # type: ignore[arg-type,index]
     elif kind is dict:
