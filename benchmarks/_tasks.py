@@ -32,6 +32,35 @@ def length(data: bytes) -> int:
     return len(data)
 
 
+_BLOBS: dict[int, bytes] = {}
+
+
+def blob(size: int) -> bytes:
+    """A `size`-byte result, made once per worker (the payload figure times its trip back,
+    not its making)."""
+    data = _BLOBS.get(size)
+    if data is None:
+        data = _BLOBS[size] = filled(size)
+    return data
+
+
+def blob_view(size: int) -> memoryview:
+    """`blob` as a memoryview (aioproc's zero-copy way back)."""
+    return memoryview(blob(size))
+
+
+def filled(size: int) -> bytes:
+    """`size` random-looking bytes, every page written (1 MiB of entropy, repeated)."""
+    unit = os.urandom(min(size, 1 << 20))
+    whole, rest = divmod(size, len(unit))
+    return unit * whole + unit[:rest]
+
+
+async def ablob(size: int) -> bytes:
+    """`blob` for implementations that only run coroutine functions."""
+    return blob(size)
+
+
 async def adouble(x: int) -> int:
     """`double` for implementations that only run coroutine functions."""
     return x * 2
@@ -51,6 +80,7 @@ ASYNC_TWINS: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {
     double: adouble,
     burn: aburn,
     length: alength,
+    blob: ablob,
 }
 """Sync task → the same work as an `async def`, for aiomultiprocess."""
 
