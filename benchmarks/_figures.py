@@ -401,8 +401,9 @@ async def _time_calls(call: Callable[[], Awaitable[Any]], expected: Any, samples
 async def payload(impl: Impl, which: PayloadSize, results: bool, sizes: Sizes) -> Measurement:
     """A large `bytes` to a worker, its length back; or (`results`) a large `bytes` back
     from a worker (GB/s, decimal). The same run measures this process's memcpy of that
-    size, the floor of a transfer that copies once; aioproc also reports its zero-copy
-    way, the same bytes as a `memoryview`."""
+    size, the floor of a transfer that copies once. aioproc also reports its two other
+    ways: the same bytes as a `memoryview` (copied in, mapped out: one copy), and an
+    `aioproc.shared_buffer` the producer fills in place (no copy)."""
     size, samples = _payload_plan(sizes, which)
     data = _tasks.filled(size)
     detail: dict[str, Any] = {"bytes": size}
@@ -433,6 +434,20 @@ async def payload(impl: Impl, which: PayloadSize, results: bool, sizes: Sizes) -
                     samples,
                 )
             detail["memoryview_gbps"] = size / view / 1e9
+            import aioproc  # only for aioproc's runs
+
+            if results:
+                shared = await _time_calls(
+                    functools.partial(pool.apply, _tasks.blob_shared, size), blob, samples
+                )
+            else:
+                buf = aioproc.shared_buffer(size)
+                buf[:] = data
+                shared = await _time_calls(
+                    functools.partial(pool.apply, _tasks.length, buf), size, samples
+                )
+                del buf
+            detail["shared_buffer_gbps"] = size / shared / 1e9
         del blob
     memcpy = _memcpy_s(data, max(samples, 3))
     gbps = size / median / 1e9
@@ -441,8 +456,9 @@ async def payload(impl: Impl, which: PayloadSize, results: bool, sizes: Sizes) -
         memcpy_gbps=size / memcpy / 1e9,
         vs_memcpy=memcpy / median,
     )
-    if "memoryview_gbps" in detail:
-        detail["memoryview_vs_memcpy"] = detail["memoryview_gbps"] / detail["memcpy_gbps"]
+    for way in ("memoryview", "shared_buffer"):
+        if f"{way}_gbps" in detail:
+            detail[f"{way}_vs_memcpy"] = detail[f"{way}_gbps"] / detail["memcpy_gbps"]
     return Measurement(gbps, detail)
 
 

@@ -49,6 +49,21 @@ def blob_view(size: int) -> memoryview:
     return memoryview(blob(size))
 
 
+_SHARED: dict[int, Any] = {}
+
+
+def blob_shared(size: int) -> Any:
+    """`blob` in an `aioproc.shared_buffer`, filled once per worker: produced in shared
+    memory, it crosses back with no copy (aioproc only)."""
+    buf = _SHARED.get(size)
+    if buf is None:
+        import aioproc  # only aioproc's workers run this
+
+        buf = _SHARED[size] = aioproc.shared_buffer(size)
+        buf[:] = blob(size)
+    return buf
+
+
 def filled(size: int) -> bytes:
     """`size` random-looking bytes, every page written (1 MiB of entropy, repeated)."""
     unit = os.urandom(min(size, 1 << 20))

@@ -560,3 +560,15 @@ def hold_and_die(value: Any) -> None:
 def yield_back_then_die(value: Any) -> Any:
     yield value
     os._exit(3)
+
+
+def fill_view(value: Any, byte: int) -> None:
+    memoryview(value).cast("B")[:] = bytes([byte]) * memoryview(value).nbytes
+
+
+def make_shared(size: int, byte: int) -> Any:
+    import aioproc
+
+    buf = aioproc.shared_buffer(size)
+    buf[:] = bytes([byte]) * size
+    return buf

@@ -6,6 +6,7 @@ import gc
 import os
 import pickle
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -280,4 +281,74 @@ async def test_a_worker_dying_with_a_mapped_argument_leaves_nothing() -> None:
         del got
         gc.collect()
         assert await pool.apply(tasks.double, 2) == 4
+    assert _hub_blocks() == 0
+
+
+# -- shared buffers: no copy at all ---------------------------------------------------------
+
+
+async def test_a_shared_buffer_crosses_with_no_copy_and_is_shared(blocks_made: list[int]) -> None:
+    buf = aioproc.shared_buffer(BIG)
+    assert blocks_made == [BIG] and type(buf) is memoryview and not buf.readonly
+    buf[:] = b"\x01" * BIG
+    async with aioproc.ProcessPool(1) as pool:
+        kind, readonly, size, mapped = await pool.apply(tasks.describe_view, buf)
+        assert (kind, readonly, size) == ("memoryview", False, BIG) and mapped >= 1
+        await pool.apply(tasks.fill_view, buf[4096:], 7)  # a slice: by reference too
+        assert buf[:4096] == b"\x01" * 4096 and buf[4096:] == b"\x07" * (BIG - 4096)
+        back = await pool.apply(tasks.echo, buf)
+        back[0] = 9  # the same memory, not a copy
+        assert buf[0] == 9
+        assert blocks_made == [BIG]  # only the buffer's own
+        del back
+        mapped_before = procs.mapped_blocks()
+        made = await pool.apply(tasks.make_shared, BIG, 5)  # a worker's, returned
+        assert made == b"\x05" * BIG and not made.readonly
+        assert blocks_made == [BIG, BIG]
+        assert procs.mapped_blocks() - mapped_before == 1
+        del made
+        gc.collect()
+        assert procs.mapped_blocks() == mapped_before  # gone with its last view
+        with pytest.raises(ValueError, match="at least"):
+            aioproc.shared_buffer(1000)
+    # The worker's handle went with the worker (or with its buffer): the caller's is left.
+    assert _hub_blocks() == 1
+    del buf
+    gc.collect()
+    assert _hub_blocks() == 0
+
+
+async def test_numpy_arrays_over_a_shared_buffer_are_shared(blocks_made: list[int]) -> None:
+    np = pytest.importorskip("numpy")
+    arr = np.frombuffer(aioproc.shared_buffer(BIG), dtype=np.float64)
+    arr[:] = np.arange(arr.size)
+    async with aioproc.ProcessPool(1) as pool:
+        doubled = await pool.apply(tasks.double_array, arr)  # doubles in place, returns it
+    assert np.array_equal(arr, np.arange(arr.size) * 2)
+    assert np.shares_memory(doubled, doubled) and np.array_equal(doubled, arr)
+    doubled[0] = -1.0
+    assert arr[0] == -1.0
+    assert blocks_made == [BIG]
+    del arr, doubled
+    gc.collect()
+    assert _hub_blocks() == 0
+
+
+async def test_a_forked_child_copies_what_it_inherited_of_a_shared_buffer() -> None:
+    buf = aioproc.shared_buffer(BIG)
+    buf[:] = b"\x03" * BIG
+    tasks.state["inherited"] = buf
+    try:
+        child: aioproc.Process[Any] = aioproc.Process(
+            tasks.get_state, ("inherited",), start_method="fork"
+        )
+        async with child:
+            back = await child.result()
+    finally:
+        del tasks.state["inherited"]
+    assert back == b"\x03" * BIG
+    buf[0] = 4  # the child sent a copy: it holds no handle on this block to lend
+    assert back[0] == 3
+    del buf, back
+    gc.collect()
     assert _hub_blocks() == 0

@@ -44,11 +44,13 @@ Tunables:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import mmap
 import os
 import pickle
+import weakref
 from typing import Any
 
 from .._exceptions import SerializationError
@@ -69,6 +71,7 @@ __all__ = (
     "loads_any",
     "loads_lent",
     "map_shared",
+    "new_shared",
 )
 
 _pickle_dumps = pickle.dumps
@@ -174,7 +177,9 @@ def _wrap_big(value: Any) -> Any:
 # - _MAP_READONLY: any other read-only buffer (a memoryview of bytes, a read-only array):
 #   mapped read-only, no copy. Nobody writes such a block after it is filled, which is what
 #   lets a worker send it on (or a slice of it) by reference: see :func:`lend`.
-_READ_BYTES, _MAP, _READ_BYTEARRAY, _MAP_READONLY = 0, 1, 2, 3
+# - _MAP_SHARED: a buffer of a shared buffer (:func:`new_shared`): mapped writable, and
+#   shared on purpose (what either side writes, the other sees); lent like _MAP_READONLY.
+_READ_BYTES, _MAP, _READ_BYTEARRAY, _MAP_READONLY, _MAP_SHARED = 0, 1, 2, 3, 4
 
 _PAGE = mmap.PAGESIZE
 
@@ -220,8 +225,11 @@ class OutOfBand:
 # later, and the parent's value must not change with it.
 
 # Start address -> (end, oid, offset of the start in the block, the mapping (kept alive, so
-# that no other memory can take its address while it is lent)).
-_lent_maps: dict[int, tuple[int, int, int, object]] = {}
+# that no other memory can take its address while it is lent), how it is received).
+_lent_maps: dict[int, tuple[int, int, int, object, int]] = {}
+# Start address -> (end, oid) of this process's shared buffers (new_shared): always sent by
+# reference. An entry goes when its mapping is collected, before its address is freed.
+_shared_maps: dict[int, tuple[int, int]] = {}
 # id(bytes) -> (the bytes (kept alive, so that its id stays its own), oid, offset).
 _lent_bytes: dict[int, tuple[bytes, int, int]] = {}
 
@@ -246,22 +254,73 @@ def end_loan(loan: Loan | None) -> None:
         _lent_bytes.pop(ident, None)
 
 
-def _find_lent(raw: memoryview) -> tuple[int, int] | None:
-    """(oid, offset) of the lent block that holds all of ``raw``, if one does."""
+def _find_lent(raw: memoryview, how: int) -> tuple[int, int, int] | None:
+    """(oid, offset, how to receive it) of the lent or shared block that holds all of
+    ``raw``, if one does."""
     obj = raw.obj
     if type(obj) is bytes:
         entry = _lent_bytes.get(id(obj))
         if entry is not None and entry[0] is obj and raw.nbytes == len(obj):
-            return entry[1], entry[2]
+            return entry[1], entry[2], how
         return None
-    if not _lent_maps or not raw.readonly:
+    if not (_lent_maps or _shared_maps):
         return None
     start = buffer_address(raw)
     end = start + raw.nbytes
-    for first, (last, oid, offset, _) in list(_lent_maps.items()):
+    # A writable buffer cannot lie in a read-only mapping: what is found writable here is
+    # in a shared one, where it is meant to be shared.
+    for first, (last, oid, offset, _, kind) in list(_lent_maps.items()):
         if first <= start and end <= last:
-            return oid, offset + (start - first)
+            return oid, offset + (start - first), kind if kind == _MAP_SHARED else how
+    for first, (last, oid) in list(_shared_maps.items()):
+        if first <= start and end <= last:
+            return oid, start - first, _MAP_READONLY if raw.readonly else _MAP_SHARED
     return None
+
+
+def new_shared(nbytes: int) -> memoryview:
+    """A writable buffer of ``nbytes`` in a new block of shared memory, which large
+    payloads refer to instead of copying it (see ``aioproc.shared_buffer``).
+
+    This process holds a handle on the block as long as the buffer (or any view of it)
+    lives; each process it is sent to maps the same block.
+    """
+    endpoint = _client.default_endpoint()
+    (oid,) = endpoint.create("shm", {"size": nbytes})
+    try:
+        fd = endpoint.get_fd(oid)
+        try:
+            view = map_shared(fd, nbytes, 0)
+        finally:
+            os.close(fd)
+    except BaseException:
+        endpoint.detach(oid)
+        raise
+    start = buffer_address(view)
+    _shared_maps[start] = (start + nbytes, oid)
+    weakref.finalize(view.obj, _forget_shared, start, endpoint, oid, os.getpid())
+    return view
+
+
+def _forget_shared(start: int, endpoint: _client.Endpoint, oid: int, pid: int) -> None:
+    _shared_maps.pop(start, None)
+    if os.getpid() != pid:
+        return  # a forked child's copy of the buffer: the handle is its parent's
+    # Broad on purpose, as in a __del__: this runs from the garbage collector, at any point
+    # of any thread, or at exit; a failure (the hub gone) has nowhere to go.
+    with contextlib.suppress(Exception):
+        endpoint.detach(oid)
+
+
+def _after_fork_in_child() -> None:
+    # What the parent lent or shares is the parent's to send by reference: a forked child
+    # holds no handle on those blocks, so it copies what it sends of them.
+    _lent_maps.clear()
+    _lent_bytes.clear()
+    _shared_maps.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _how(buffer: pickle.PickleBuffer, raw: memoryview) -> int:
@@ -305,7 +364,7 @@ def dumps_large(obj: object, *, hand_over: bool = False) -> tuple[OutOfBand | by
         return dumps(obj), None
     endpoint = _client.default_endpoint()
     address = endpoint.address
-    lending = bool(_lent_maps or _lent_bytes)
+    lending = bool(_lent_maps or _lent_bytes or _shared_maps)
     blocks: list[tuple[int, bytes]] = []
     referred: dict[int, int] = {}  # oid of a lent block -> its index in blocks
     layout: list[tuple[int, int, int, int]] = []
@@ -314,9 +373,9 @@ def dumps_large(obj: object, *, hand_over: bool = False) -> tuple[OutOfBand | by
     for buffer in buffers:
         raw = buffer.raw()
         how = _how(buffer, raw)
-        found = _find_lent(raw) if lending else None
+        found = _find_lent(raw, how) if lending else None
         if found is not None:
-            oid, offset = found
+            oid, offset, how = found
             index = referred.get(oid)
             if index is None:
                 index = referred[oid] = len(blocks)
@@ -410,15 +469,16 @@ def load_large(oob: OutOfBand, loan: Loan | None = None) -> Any:
         buffers: list[Any] = []
         for index, start, size, how in oob.layout:
             fd = fds[index]
-            if how == _MAP or how == _MAP_READONLY:
+            if how == _MAP or how == _MAP_READONLY or how == _MAP_SHARED:
                 readonly = how == _MAP_READONLY
                 skip = start % _PAGE  # a slice sent on by reference may start mid-page
                 view = map_shared(fd, size + skip, start - skip, readonly=readonly)
                 if skip:
                     view = view[skip:]
-                if loan is not None and readonly:
+                if loan is not None and how != _MAP:
                     first = buffer_address(view)
-                    _lent_maps[first] = (first + size, oob.blocks[index][0], start, view)
+                    oid = oob.blocks[index][0]
+                    _lent_maps[first] = (first + size, oid, start, view, how)
                     loan.map_starts.append(first)
                 buffers.append(view)
             elif how == _READ_BYTEARRAY:
