@@ -149,6 +149,8 @@ class Figure:
         fresh_process: Run each sample in its own interpreter.
         noise: Values at or below this cannot be told apart (measurement resolution).
         loop: The event loop each runner call runs on (`uvloop`: `uvloop.run`).
+        timeout_factor: This figure may take this many times the run's timeout (a figure
+            that moves gigabytes per sample).
     """
 
     name: str
@@ -160,6 +162,7 @@ class Figure:
     fresh_process: bool = False
     noise: float = 0.0
     loop: Literal["asyncio", "uvloop"] = "asyncio"
+    timeout_factor: float = 1.0
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -409,6 +412,9 @@ async def payload(impl: Impl, which: PayloadSize, results: bool, sizes: Sizes) -
     detail: dict[str, Any] = {"bytes": size}
     async with _opener(impl)(sizes.workers, None) as pool:
         await _touch_workers(pool, sizes)
+        # A call that moves nothing, in the same pool: what no payload can go below.
+        tiny = await _time_calls(functools.partial(pool.apply, _tasks.double, 1), 2, 20)
+        detail["tiny_call_s"] = tiny
         if results:
             ok = await pool.apply(_tasks.blob, size)
             _check(len(ok), size, "warm-up")
@@ -646,6 +652,9 @@ FIGURES: dict[str, Figure] = {
                 better="higher",
                 about=about,
                 runners=_for_pools(payload, which, results),
+                # Each sample moves 1 GiB (several ways for aioproc): seconds apiece on a
+                # busy machine.
+                timeout_factor=4.0 if which == "1GiB" else 1.0,
             )
             for name, which, results, about in _PAYLOAD_ROWS
         ),
