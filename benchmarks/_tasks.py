@@ -65,8 +65,11 @@ def blob_shared(size: int) -> Any:
 
 
 def filled(size: int) -> bytes:
-    """`size` random-looking bytes, every page written (1 MiB of entropy, repeated)."""
-    unit = os.urandom(min(size, 1 << 20))
+    """`size` random-looking bytes, every page written (1 MiB of noise, repeated); the same
+    in every process for one size, so that any worker's `blob` is the one expected."""
+    import random  # here: only the payload figure needs it
+
+    unit = random.Random(size).randbytes(min(size, 1 << 20))
     whole, rest = divmod(size, len(unit))
     return unit * whole + unit[:rest]
 
