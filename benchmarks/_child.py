@@ -114,13 +114,14 @@ def _measure(impl: Impl, figure: Figure, sizes: Sizes, inner: bool) -> Result:
     runner = figure.runners.get(impl.name)
     if runner is None:
         return {"status": "n/a"}
-    deadline = time.monotonic() + sizes.timeout_s
+    allowed = sizes.timeout_s * figure.timeout_factor
+    deadline = time.monotonic() + allowed
     samples: list[Measurement] = []
     fresh = figure.fresh_process and not inner
     for _ in range(1 if inner else figure.samples(sizes)):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"timed out after {sizes.timeout_s:g} s")
+            raise TimeoutError(f"timed out after {allowed:g} s")
         if fresh:
             samples.append(_run_in_fresh_process(impl.name, figure.name, sizes, remaining))
         else:
@@ -194,7 +195,8 @@ def main(impl_name: str, figure_names: list[str], sizes: Sizes, *, inner: bool) 
 
     for i, name in enumerate(figure_names):
         figure = FIGURES[name]
-        timer = _watchdog(report, name, figure_names[i + 1 :], sizes.timeout_s + _HANG_GRACE_S)
+        allowed = sizes.timeout_s * figure.timeout_factor
+        timer = _watchdog(report, name, figure_names[i + 1 :], allowed + _HANG_GRACE_S)
         try:
             result = _measure(impl, figure, sizes, inner)
         except Exception as exc:

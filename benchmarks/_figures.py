@@ -61,6 +61,9 @@ class Sizes:
     scaling_task_s: float
     payload_bytes: int
     payload_samples: int
+    payload_small_samples: int
+    payload_huge_bytes: int
+    payload_huge_samples: int
     queue_items: int
     lock_warmup: int
     lock_samples: int
@@ -86,6 +89,9 @@ class Sizes:
                 scaling_task_s=0.020,
                 payload_bytes=8 * 2**20,
                 payload_samples=3,
+                payload_small_samples=20,
+                payload_huge_bytes=16 * 2**20,  # the 1 GiB rows, kept small
+                payload_huge_samples=3,
                 queue_items=20_000,
                 lock_warmup=200,
                 lock_samples=2_000,
@@ -107,6 +113,9 @@ class Sizes:
             scaling_task_s=0.020,
             payload_bytes=64 * 2**20,
             payload_samples=5,
+            payload_small_samples=50,
+            payload_huge_bytes=2**30,
+            payload_huge_samples=2,  # each takes seconds: the figure's timeout covers all
             queue_items=200_000,
             lock_warmup=1_000,
             lock_samples=20_000,
@@ -140,6 +149,8 @@ class Figure:
         fresh_process: Run each sample in its own interpreter.
         noise: Values at or below this cannot be told apart (measurement resolution).
         loop: The event loop each runner call runs on (`uvloop`: `uvloop.run`).
+        timeout_factor: This figure may take this many times the run's timeout (a figure
+            that moves gigabytes per sample).
     """
 
     name: str
@@ -151,6 +162,7 @@ class Figure:
     fresh_process: bool = False
     noise: float = 0.0
     loop: Literal["asyncio", "uvloop"] = "asyncio"
+    timeout_factor: float = 1.0
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -351,21 +363,109 @@ async def scaling(impl: Impl, sizes: Sizes) -> Measurement:
 _SCALING_RUNS = 3
 
 
-async def payload(impl: Impl, sizes: Sizes) -> Measurement:
-    """A large `bytes` to a worker, its length back (GB/s, decimal)."""
-    size = sizes.payload_bytes
-    data = os.urandom(size)
+PayloadSize = Literal["main", "1MiB", "1GiB"]
+
+
+def _payload_plan(sizes: Sizes, which: PayloadSize) -> tuple[int, int]:
+    """(bytes, samples) of a payload row."""
+    if which == "1MiB":
+        return 2**20, sizes.payload_small_samples
+    if which == "1GiB":
+        return sizes.payload_huge_bytes, sizes.payload_huge_samples
+    return sizes.payload_bytes, sizes.payload_samples
+
+
+def _memcpy_s(data: bytes, samples: int) -> float:
+    """Median time of one copy of `data` into new memory in this process (`bytearray(data)`:
+    a memcpy plus the page faults of fresh memory, as any copy a receiver makes): the floor
+    of a transfer that copies once."""
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        copy = bytearray(data)
+        times.append(time.perf_counter() - t0)
+        del copy
+    return statistics.median(times)
+
+
+async def _time_calls(call: Callable[[], Awaitable[Any]], expected: Any, samples: int) -> float:
+    """Median seconds of `call()` (after one warm-up call), checking each answer."""
+    _check(await call(), expected, "warm-up")
+    times: list[float] = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        got = await call()
+        times.append(time.perf_counter() - t0)
+        _check(got, expected, "result")
+        del got
+    return statistics.median(times)
+
+
+async def payload(impl: Impl, which: PayloadSize, results: bool, sizes: Sizes) -> Measurement:
+    """A large `bytes` to a worker, its length back; or (`results`) a large `bytes` back
+    from a worker (GB/s, decimal). The same run measures this process's memcpy of that
+    size, the floor of a transfer that copies once. aioproc also reports its two other
+    ways: the same bytes as a `memoryview` (copied in, mapped out: one copy), and an
+    `aioproc.shared_buffer` the producer fills in place (no copy)."""
+    size, samples = _payload_plan(sizes, which)
+    data = _tasks.filled(size)
+    detail: dict[str, Any] = {"bytes": size}
     async with _opener(impl)(sizes.workers, None) as pool:
         await _touch_workers(pool, sizes)
-        _check(await pool.apply(_tasks.length, data), size, "warm-up")
-        times: list[float] = []
-        for _ in range(sizes.payload_samples):
-            t0 = time.perf_counter()
-            got = await pool.apply(_tasks.length, data)
-            times.append(time.perf_counter() - t0)
-            _check(got, size, "result")
-    median = statistics.median(times)
-    return Measurement(size / median / 1e9, {"bytes": size, "median_s": median})
+        # A call that moves nothing, in the same pool: what no payload can go below.
+        tiny = await _time_calls(functools.partial(pool.apply, _tasks.double, 1), 2, 20)
+        detail["tiny_call_s"] = tiny
+        if results:
+            ok = await pool.apply(_tasks.blob, size)
+            _check(len(ok), size, "warm-up")
+            blob = ok
+            del ok
+            median = await _time_calls(
+                functools.partial(pool.apply, _tasks.blob, size), blob, samples
+            )
+        else:
+            median = await _time_calls(
+                functools.partial(pool.apply, _tasks.length, data), size, samples
+            )
+            blob = data
+        if impl.name == "aioproc":
+            if results:
+                view = await _time_calls(
+                    functools.partial(pool.apply, _tasks.blob_view, size), blob, samples
+                )
+            else:
+                view = await _time_calls(
+                    functools.partial(pool.apply, _tasks.length, memoryview(data)),
+                    size,
+                    samples,
+                )
+            detail["memoryview_gbps"] = size / view / 1e9
+            import aioproc  # only for aioproc's runs
+
+            if results:
+                shared = await _time_calls(
+                    functools.partial(pool.apply, _tasks.blob_shared, size), blob, samples
+                )
+            else:
+                buf = aioproc.shared_buffer(size)
+                buf[:] = data
+                shared = await _time_calls(
+                    functools.partial(pool.apply, _tasks.length, buf), size, samples
+                )
+                del buf
+            detail["shared_buffer_gbps"] = size / shared / 1e9
+        del blob
+    memcpy = _memcpy_s(data, max(samples, 3))
+    gbps = size / median / 1e9
+    detail.update(
+        median_s=median,
+        memcpy_gbps=size / memcpy / 1e9,
+        vs_memcpy=memcpy / median,
+    )
+    for way in ("memoryview", "shared_buffer"):
+        if f"{way}_gbps" in detail:
+            detail[f"{way}_vs_memcpy"] = detail[f"{way}_gbps"] / detail["memcpy_gbps"]
+    return Measurement(gbps, detail)
 
 
 # -- the raw pipe floor --------------------------------------------------------------------
@@ -436,6 +536,17 @@ def _for_pools(fn: Callable[..., Awaitable[Measurement]], *args: Any) -> dict[st
         for impl in IMPLS.values()
         if impl.open_pool is not None
     }
+
+
+_PAYLOAD_ROWS: tuple[tuple[str, PayloadSize, bool, str], ...] = (
+    ("payload", "main", False, "a 64 MiB `bytes` argument (--quick: 8 MiB), its length back"),
+    ("payload.results", "main", True, "a 64 MiB `bytes` result (--quick: 8 MiB)"),
+    ("payload.1MiB", "1MiB", False, "a 1 MiB `bytes` argument, its length back"),
+    ("payload.1MiB.results", "1MiB", True, "a 1 MiB `bytes` result"),
+    ("payload.1GiB", "1GiB", False, "a 1 GiB `bytes` argument (--quick: 16 MiB)"),
+    ("payload.1GiB.results", "1GiB", True, "a 1 GiB `bytes` result (--quick: 16 MiB)"),
+)
+"""The payload rows: name, size, results (else arguments), what is measured."""
 
 
 def _startup_runners(method: str) -> dict[str, Runner]:
@@ -534,12 +645,18 @@ FIGURES: dict[str, Figure] = {
             about="CPU-bound tasks on the pool vs sequential in one process",
             runners=_for_pools(scaling),
         ),
-        Figure(
-            name="payload",
-            unit="GB/s",
-            better="higher",
-            about="large `bytes` to a worker, its length back",
-            runners=_for_pools(payload),
+        *(
+            Figure(
+                name=name,
+                unit="GB/s",
+                better="higher",
+                about=about,
+                runners=_for_pools(payload, which, results),
+                # Each sample moves 1 GiB (several ways for aioproc): seconds apiece on a
+                # busy machine.
+                timeout_factor=4.0 if which == "1GiB" else 1.0,
+            )
+            for name, which, results, about in _PAYLOAD_ROWS
         ),
         Figure(
             name="queue",

@@ -32,6 +32,53 @@ def length(data: bytes) -> int:
     return len(data)
 
 
+_BLOBS: dict[int, bytes] = {}
+
+
+def blob(size: int) -> bytes:
+    """A `size`-byte result, made once per worker (the payload figure times its trip back,
+    not its making)."""
+    data = _BLOBS.get(size)
+    if data is None:
+        data = _BLOBS[size] = filled(size)
+    return data
+
+
+def blob_view(size: int) -> memoryview:
+    """`blob` as a memoryview (aioproc's zero-copy way back)."""
+    return memoryview(blob(size))
+
+
+_SHARED: dict[int, Any] = {}
+
+
+def blob_shared(size: int) -> Any:
+    """`blob` in an `aioproc.shared_buffer`, filled once per worker: produced in shared
+    memory, it crosses back with no copy (aioproc only)."""
+    buf = _SHARED.get(size)
+    if buf is None:
+        import aioproc  # only aioproc's workers run this
+
+        buf = _SHARED[size] = aioproc.shared_buffer(size)
+        buf[:] = blob(size)
+    return buf
+
+
+def filled(size: int) -> bytes:
+    """`size` random-looking bytes, every page written (1 MiB of noise, repeated); the same
+    in every process for one size, so that any worker's `blob` is the one expected."""
+    import random  # here: only the payload figure needs it
+
+    unit = random.Random(size).randbytes(min(size, 1 << 20))
+    whole, rest = divmod(size, len(unit))
+    return unit * whole + unit[:rest]
+
+
+async def ablob(size: int) -> bytes:
+    """`blob` for implementations that only run coroutine functions."""
+    return blob(size)
+
+
 async def adouble(x: int) -> int:
     """`double` for implementations that only run coroutine functions."""
     return x * 2
@@ -51,6 +98,7 @@ ASYNC_TWINS: dict[Callable[..., Any], Callable[..., Awaitable[Any]]] = {
     double: adouble,
     burn: aburn,
     length: alength,
+    blob: ablob,
 }
 """Sync task → the same work as an `async def`, for aiomultiprocess."""
 

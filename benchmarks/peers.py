@@ -184,6 +184,21 @@ def _notes(reports: dict[str, dict[str, Any]], figures: list[str]) -> list[str]:
         ]
         if parts:
             lines.append("idle split: " + "; ".join(parts))
+    for name in (f for f in figures if f.startswith("payload")):
+        subject = reports.get(SUBJECT, {}).get("figures", {}).get(name, {})
+        if subject.get("status") != "ok":
+            continue
+        d = subject["detail"]
+        ways = [f"bytes {d['vs_memcpy']:.2f}x"] + [
+            f"{way} {d[f'{way}_gbps']:.3g} GB/s = {d[f'{way}_vs_memcpy']:.2f}x"
+            for way in ("memoryview", "shared_buffer")
+            if f"{way}_gbps" in d
+        ]
+        lines.append(
+            f"{name}: memcpy here {d['memcpy_gbps']:.3g} GB/s; {SUBJECT} "
+            + ", ".join(ways)
+            + f" of it; a call moving nothing takes {1e6 * d['tiny_call_s']:.0f} µs"
+        )
     if any(f.startswith("startup") for f in figures):
         lines.append(f"startup rows: {FIGURES['startup'].about}")
     return lines

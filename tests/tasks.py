@@ -533,3 +533,42 @@ def slow_initializer(seconds: float) -> None:
 
 async def async_double_at_once(x: int) -> int:
     return x * 2  # a coroutine that finishes in its first step
+
+
+def describe_view(value: Any) -> tuple[str, bool, int, int]:
+    """Type name, read-only flag and size of a received buffer, and how many blocks of
+    aioproc's shared memory this worker has mapped while it holds it."""
+    view = memoryview(value)
+    with open("/proc/self/maps") as maps:
+        mapped = maps.read().count("/memfd:aioproc")
+    return type(value).__name__, view.readonly, view.nbytes, mapped
+
+
+def slice_of(value: Any, start: int, stop: int) -> Any:
+    return value[start:stop]
+
+
+def view_of_bytes(size: int) -> memoryview:
+    return memoryview(bytes(range(256)) * (size // 256))
+
+
+def hold_and_die(value: Any) -> None:
+    state["held"] = value
+    os._exit(3)
+
+
+def yield_back_then_die(value: Any) -> Any:
+    yield value
+    os._exit(3)
+
+
+def fill_view(value: Any, byte: int) -> None:
+    memoryview(value).cast("B")[:] = bytes([byte]) * memoryview(value).nbytes
+
+
+def make_shared(size: int, byte: int) -> Any:
+    import aioproc
+
+    buf = aioproc.shared_buffer(size)
+    buf[:] = bytes([byte]) * size
+    return buf

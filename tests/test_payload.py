@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import subprocess
+from typing import Any
 
 import pytest
 
 import aioproc
-from aioproc._core import _payload
+from aioproc._core import _hub, _objects, _payload
 from tests import procs, tasks
 
 pytestmark = pytest.mark.anyio
@@ -155,3 +157,198 @@ async def test_large_bytearrays_travel_through_shared_memory() -> None:
         assert type(back) is bytearray and back == raw
         view = await pool.apply(tasks.echo, memoryview(raw))
         assert type(view) is memoryview and view == raw
+
+
+# -- mapped, not copied ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def blocks_made(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the blocks of shared memory created on this process's hub from now on
+    (the workers create their results' blocks here too)."""
+    made: list[int] = []
+    create_from = _hub.Hub.create_from
+
+    def counting(self: _hub.Hub, spec: bytes) -> list[int]:
+        kind, params = pickle.loads(spec)
+        if kind == "shm":
+            made.append(params["size"])
+        return create_from(self, spec)
+
+    monkeypatch.setattr(_hub.Hub, "create_from", counting)
+    return made
+
+
+def _hub_blocks() -> int:
+    hub = _hub.hosted()
+    if hub is None:
+        return 0
+    return sum(type(s) is _objects.SharedMemoryState for s in hub.objects.values())
+
+
+async def test_a_large_memoryview_arrives_mapped_read_only() -> None:
+    data = os.urandom(BIG)
+    async with aioproc.ProcessPool(1) as pool:
+        kind, readonly, size, mapped = await pool.apply(tasks.describe_view, memoryview(data))
+        # The worker's view is its mapping of the block: no copy, and read-only as sent.
+        assert (kind, readonly, size) == ("memoryview", True, BIG)
+        assert mapped >= 1
+        mapped_before = procs.mapped_blocks()
+        back = await pool.apply(tasks.view_of_bytes, BIG)
+        expected = bytes(range(256)) * (BIG // 256)
+        # What users do with bytes works on it, with no copy made on receipt.
+        assert type(back) is memoryview and back.readonly
+        assert back == expected and bytes(back) == expected and len(back) == BIG
+        assert back[10:20] == expected[10:20]
+        assert hash(back) == hash(expected)
+        with pytest.raises(TypeError):
+            back[0] = 1
+        assert procs.mapped_blocks() - mapped_before == 1
+        again = await pool.apply(tasks.describe_view, back)  # and it can be sent on
+        assert again[:3] == ("memoryview", True, BIG)
+        sliced = back[4096:]
+        del back
+        gc.collect()
+        assert procs.mapped_blocks() - mapped_before == 1  # the slice holds the mapping
+        del sliced
+        gc.collect()
+        assert procs.mapped_blocks() == mapped_before  # gone with its last view
+    assert _hub_blocks() == 0
+
+
+async def test_a_writable_memoryview_arrives_writable_and_private() -> None:
+    raw = bytearray(os.urandom(BIG))
+    async with aioproc.ProcessPool(1) as pool:
+        kind, readonly, size, _ = await pool.apply(tasks.describe_view, memoryview(raw))
+        assert (kind, readonly, size) == ("memoryview", False, BIG)
+        back = await pool.apply(tasks.echo, memoryview(raw))
+        assert type(back) is memoryview and not back.readonly and back == raw
+        back[0] ^= 0xFF  # its own copy: the sender's buffer is untouched
+        assert back[0] != raw[0]
+
+
+async def test_read_only_numpy_arrays_arrive_mapped() -> None:
+    np = pytest.importorskip("numpy")
+    arr = np.frombuffer(os.urandom(BIG), dtype=np.uint8)
+    assert not arr.flags.writeable
+    async with aioproc.ProcessPool(1) as pool:
+        assert await pool.apply(tasks.describe_buffer, arr) == ("ndarray", BIG, False)
+        mapped_before = procs.mapped_blocks()
+        back = await pool.apply(tasks.echo, arr)
+        assert np.array_equal(back, arr) and not back.flags.writeable
+        assert procs.mapped_blocks() - mapped_before == 1
+        del back
+        gc.collect()
+        assert procs.mapped_blocks() == mapped_before
+
+
+@pytest.mark.parametrize("kind", ["bytes", "memoryview"])
+async def test_an_echoed_argument_crosses_back_without_a_new_block(
+    kind: str, blocks_made: list[int]
+) -> None:
+    data = os.urandom(BIG)
+    value = data if kind == "bytes" else memoryview(data)
+    async with aioproc.ProcessPool(1) as pool:
+        back = await pool.apply(tasks.echo, value)
+        assert type(back) is type(value) and back == data
+        # One block: the argument's, which the result refers to instead of a copy of it.
+        assert blocks_made == [BIG]
+        blocks_made.clear()
+        part = await pool.apply(tasks.slice_of, memoryview(data), 12345, BIG - 999)
+        assert part == data[12345 : BIG - 999]
+        assert blocks_made == [BIG]
+        blocks_made.clear()
+        # Kept by the worker beyond its task, an argument is copied when sent later.
+        await pool.apply(tasks.set_state, "kept", memoryview(data))
+        assert await pool.apply(tasks.get_state, "kept") == data
+        assert blocks_made == [BIG, BIG]
+        await pool.apply(tasks.set_state, "kept", None)
+        del back, part
+        gc.collect()
+    assert _hub_blocks() == 0
+
+
+async def test_a_worker_dying_with_a_mapped_argument_leaves_nothing() -> None:
+    data = os.urandom(BIG)
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(aioproc.WorkerDiedError):
+            await pool.apply(tasks.hold_and_die, memoryview(data))
+        got = []
+        with pytest.raises(aioproc.WorkerDiedError):
+            async for item in pool.stream(tasks.yield_back_then_die, memoryview(data)):
+                got.append(item)
+        assert got == [data]  # the item that referred to its argument's block arrived
+        del got
+        gc.collect()
+        assert await pool.apply(tasks.double, 2) == 4
+    assert _hub_blocks() == 0
+
+
+# -- shared buffers: no copy at all ---------------------------------------------------------
+
+
+async def test_a_shared_buffer_crosses_with_no_copy_and_is_shared(blocks_made: list[int]) -> None:
+    buf = aioproc.shared_buffer(BIG)
+    assert blocks_made == [BIG] and type(buf) is memoryview and not buf.readonly
+    buf[:] = b"\x01" * BIG
+    async with aioproc.ProcessPool(1) as pool:
+        kind, readonly, size, mapped = await pool.apply(tasks.describe_view, buf)
+        assert (kind, readonly, size) == ("memoryview", False, BIG) and mapped >= 1
+        await pool.apply(tasks.fill_view, buf[4096:], 7)  # a slice: by reference too
+        assert buf[:4096] == b"\x01" * 4096 and buf[4096:] == b"\x07" * (BIG - 4096)
+        back = await pool.apply(tasks.echo, buf)
+        back[0] = 9  # the same memory, not a copy
+        assert buf[0] == 9
+        assert blocks_made == [BIG]  # only the buffer's own
+        del back
+        mapped_before = procs.mapped_blocks()
+        made = await pool.apply(tasks.make_shared, BIG, 5)  # a worker's, returned
+        assert made == b"\x05" * BIG and not made.readonly
+        assert blocks_made == [BIG, BIG]
+        assert procs.mapped_blocks() - mapped_before == 1
+        del made
+        gc.collect()
+        assert procs.mapped_blocks() == mapped_before  # gone with its last view
+        with pytest.raises(ValueError, match="at least"):
+            aioproc.shared_buffer(1000)
+    # The worker's handle went with the worker (or with its buffer): the caller's is left.
+    assert _hub_blocks() == 1
+    del buf
+    gc.collect()
+    assert _hub_blocks() == 0
+
+
+async def test_numpy_arrays_over_a_shared_buffer_are_shared(blocks_made: list[int]) -> None:
+    np = pytest.importorskip("numpy")
+    arr = np.frombuffer(aioproc.shared_buffer(BIG), dtype=np.float64)
+    arr[:] = np.arange(arr.size)
+    async with aioproc.ProcessPool(1) as pool:
+        doubled = await pool.apply(tasks.double_array, arr)  # doubles in place, returns it
+    assert np.array_equal(arr, np.arange(arr.size) * 2)
+    assert np.shares_memory(doubled, doubled) and np.array_equal(doubled, arr)
+    doubled[0] = -1.0
+    assert arr[0] == -1.0
+    assert blocks_made == [BIG]
+    del arr, doubled
+    gc.collect()
+    assert _hub_blocks() == 0
+
+
+async def test_a_forked_child_copies_what_it_inherited_of_a_shared_buffer() -> None:
+    buf = aioproc.shared_buffer(BIG)
+    buf[:] = b"\x03" * BIG
+    tasks.state["inherited"] = buf
+    try:
+        child: aioproc.Process[Any] = aioproc.Process(
+            tasks.get_state, ("inherited",), start_method="fork"
+        )
+        async with child:
+            back = await child.result()
+    finally:
+        del tasks.state["inherited"]
+    assert back == b"\x03" * BIG
+    buf[0] = 4  # the child sent a copy: it holds no handle on this block to lend
+    assert back[0] == 3
+    del buf, back
+    gc.collect()
+    assert _hub_blocks() == 0

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._queue import QueueStatistics as QueueStatistics
     from ._shared import Array as Array
     from ._shared import Value as Value
+    from ._shared import shared_buffer as shared_buffer
     from ._sync import Barrier as Barrier
     from ._sync import BoundedSemaphore as BoundedSemaphore
     from ._sync import Condition as Condition
@@ -89,6 +90,7 @@ __all__ = (
     "WorkerDiedError",
     "WouldBlock",
     "run",
+    "shared_buffer",
 )
 
 _LAZY = {
@@ -115,6 +117,7 @@ _LAZY = {
     "StreamIterator": "._pool",
     "Task": "._pool",
     "run": "._pool",
+    "shared_buffer": "._shared",
 }
 
 

@@ -13,7 +13,7 @@ from ._sync import Lock
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-__all__ = ("Array", "Value")
+__all__ = ("Array", "Value", "shared_buffer")
 
 #: multiprocessing's (and the array module's) typecodes.
 TYPECODES: dict[str, Any] = {
@@ -230,5 +230,30 @@ class Array(_Shared):
         return f"<aioproc.Array {self._ctype.__name__}[{self._length}]>"
 
 
-for _cls in (Value, Array):
+def shared_buffer(nbytes: int) -> memoryview:
+    """A writable buffer of ``nbytes`` (at least 1 MiB) in shared memory, to fill and then
+    pass to or return from pool tasks with no copy at all.
+
+    Where a ``bytes`` argument is copied into shared memory on its way (and a ``bytes``
+    result too), this buffer is already there: a view of it, or a numpy array over it
+    (``np.frombuffer(buf, dtype)``), of 1 MiB or more crosses by reference, and the
+    receiving process maps the same memory. It is shared, not copied: what a worker writes
+    into it, the caller sees (as with :class:`Array`). Its memory is freed once no process
+    maps it any more (this process's last view of it, and every received one, collected).
+
+    Raises:
+        ValueError: ``nbytes`` is under 1 MiB (smaller values travel through the pipe,
+            copied: use :class:`Array` for small shared data), or over this machine's
+            memory.
+    """
+    if nbytes < _payload.OOB_THRESHOLD:
+        raise ValueError(
+            f"a shared buffer holds at least {_payload.OOB_THRESHOLD} bytes (smaller values"
+            f" are copied through the pipe: use aioproc.Array); got {nbytes}"
+        )
+    _check_fits(nbytes, "this shared buffer")
+    return _payload.new_shared(nbytes)
+
+
+for _cls in (Value, Array, shared_buffer):
     _cls.__module__ = "aioproc"

@@ -77,18 +77,36 @@ def test_small_values_travel_in_band() -> None:
     assert _payload.loads_any(blob) == ((1, b"small"), None)
 
 
-def test_an_envelope_pickles_with_its_transit_token() -> None:
-    oob = _payload.OutOfBand(b"data", "addr", b"key", 5, [(0, 10, 1)])
-    oob.token = b"token"
+def test_an_envelope_pickles_with_its_blocks_and_transit_tokens() -> None:
+    blocks = [(5, b"token"), (6, b"")]
+    layout = [(0, 0, 10, 1), (1, 4096, 20, 3)]
+    oob = _payload.OutOfBand(b"data", "addr", b"key", blocks, layout)
     back = pickle.loads(pickle.dumps(oob, 5))
-    assert (back.data, back.address, back.key, back.oid, back.layout, back.token) == (
+    assert (back.data, back.address, back.key, back.blocks, back.layout) == (
         b"data",
         "addr",
         b"key",
-        5,
-        [(0, 10, 1)],
-        b"token",
+        blocks,
+        layout,
     )
+
+
+def test_map_shared_read_only_and_buffer_address() -> None:
+    fd = os.memfd_create("aioproc-test")
+    try:
+        os.ftruncate(fd, 2 * 4096)
+        os.pwrite(fd, b"hello", 4096)
+        view = _payload.map_shared(fd, 4096, 4096, readonly=True)
+    finally:
+        os.close(fd)
+    assert view.readonly and bytes(view[:5]) == b"hello"
+    with pytest.raises(TypeError):
+        view[0] = 0
+    start = _payload.buffer_address(view)
+    assert start % 4096 == 0
+    assert _payload.buffer_address(view[7:]) == start + 7
+    assert _payload.buffer_address(b"") >= 0  # read-only objects have an address too
+    view.release()
 
 
 def test_map_shared_maps_a_block_and_keeps_no_fd() -> None:

@@ -304,28 +304,33 @@ class Executor:
     def call(self, msg: _wire.Call) -> _wire.Message | None:
         """Run one Call; return the frame that answers it (None for streams, which reply
         as they go)."""
+        loan = None
         try:
-            fn = self.functions[msg.fn]
-            mode = msg.mode
-            payload = load_payload(msg.args)
-            if mode == _wire.MODE_CALL:
-                args, kwargs = payload
-                result = fn(*args, **kwargs) if kwargs else fn(*args)
-                if iscoroutine(result):
-                    result = self.run_coroutine(result)
-            elif mode == _wire.MODE_MAP or mode == _wire.MODE_STARMAP:
-                return self.run_chunk(msg, fn, payload)
-            else:
-                args, kwargs = payload
-                self.stream(msg.id, fn(*args, **(kwargs or {})))
-                return None
-        except BaseException as exc:
-            if self.process:
-                self.exit_code = _exit_status(exc)
+            try:
+                fn = self.functions[msg.fn]
+                mode = msg.mode
+                payload, loan = load_payload(msg.args)
+                if mode == _wire.MODE_CALL:
+                    args, kwargs = payload
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
+                    if iscoroutine(result):
+                        result = self.run_coroutine(result)
+                elif mode == _wire.MODE_MAP or mode == _wire.MODE_STARMAP:
+                    return self.run_chunk(msg, fn, payload)
+                else:
+                    args, kwargs = payload
+                    self.stream(msg.id, fn(*args, **(kwargs or {})))
+                    return None
+            except BaseException as exc:
+                if self.process:
+                    self.exit_code = _exit_status(exc)
+                self.flush_output()
+                return _wire.Failed(msg.id, _codec.dumps_error(exc))
             self.flush_output()
-            return _wire.Failed(msg.id, _codec.dumps_error(exc))
-        self.flush_output()
-        return answer(msg.id, result)
+            return answer(msg.id, result)
+        finally:
+            if loan is not None:
+                _payload.end_loan(loan)  # the result is pickled by now (or never will be)
 
     def run_chunk(self, msg: _wire.Call, fn: Callable[..., Any], items: list[Any]) -> _wire.Message:
         """Run a map chunk from item ``msg.skip`` on; its results leave as they finish.
@@ -561,10 +566,15 @@ def _exit_status(exc: BaseException) -> int:
     return 1
 
 
-def load_payload(blob: bytes) -> Any:
-    """Unpickle a call's arguments; a failure is the task's SerializationError."""
+def load_payload(blob: bytes) -> tuple[Any, _payload.Loan | None]:
+    """Unpickle a call's arguments; a failure is the task's SerializationError.
+
+    Returns:
+        the arguments, and what of them the call's results may refer to instead of
+        copying it (give it to ``_payload.end_loan`` once they are pickled).
+    """
     try:
-        return _payload.loads_any(blob)
+        return _payload.loads_lent(blob)
     except BaseException as exc:
         raise SerializationError(f"cannot rebuild the arguments in the worker: {exc!r}") from exc
 

@@ -3,15 +3,34 @@
 A value that holds a large buffer (``bytes``, ``bytearray``, ``memoryview``, a numpy array:
 at least ``OOB_THRESHOLD`` bytes, found by :func:`has_big_buffers` without pickling) is
 pickled with protocol 5's out-of-band buffers. The buffers go into one block of shared
-memory created on the IPC hub, page-aligned one after the other; what crosses the pipe is an
-:class:`OutOfBand` envelope (the in-band pickle, the hub's address, the block's id and where
-each buffer lies). The receiver asks the hub for the block's fd and reads or maps each buffer.
+memory created on the IPC hub, page-aligned one after the other (written with ``pwrite``:
+one copy); what crosses the pipe is an :class:`OutOfBand` envelope (the in-band pickle, the
+hub's address, the blocks and where each buffer lies). The receiver asks the hub for each
+block's fd and maps each buffer (no copy) or, for ``bytes`` and ``bytearray``, which own
+their memory, reads it into a new one (one copy)::
 
-Who holds the block::
+    sent                         received
+    bytes / bytearray            a new bytes / bytearray, read from the block
+    memoryview, numpy array      the same type, a view of the block's mapping (no copy):
+                                 read-only if the sent buffer was, else writable and private
 
-    call arguments (parent -> worker)    the parent's handle, released once the task is done
+Who holds a block::
+
+    call arguments (parent -> worker)    the parent's handle, released once the task's
+                                         result is read
     results (worker -> parent)           the worker's handle passes to the parent through a
                                          transit token (TRANSIT, then ADOPT), then DETACH
+    an argument sent back (echo)         the worker hands over a handle on the argument's
+                                         block (lent while the call runs): no new block
+
+Invariants:
+- A block is written once, by its creator, before its envelope leaves; a read-only mapping
+  of it is never written, so lending it (see :func:`end_loan`) never shows a receiver a
+  change. A writable mapping belongs to one receiver alone and is never lent.
+- A mapping holds no file descriptor; it lives as long as the last view of it, and the
+  block's memory as long as its last mapping or hub handle.
+- A buffer is referred to by a lent block only while the call that lent it runs, so the
+  parent still holds the block when it reads the reference (it releases after reading).
 
 This sits above the hub, which it uses as any client does; :mod:`._codec` (the values
 themselves) knows nothing of it.
@@ -25,9 +44,13 @@ Tunables:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import mmap
 import os
 import pickle
+import weakref
 from typing import Any
 
 from .._exceptions import SerializationError
@@ -36,14 +59,19 @@ from ._codec import MAIN, PROTOCOL, dumps, loads
 
 __all__ = (
     "OOB_THRESHOLD",
+    "Loan",
     "OutOfBand",
+    "buffer_address",
     "dumps_large",
     "dumps_maybe_large",
     "dumps_result",
+    "end_loan",
     "has_big_buffers",
     "load_large",
     "loads_any",
+    "loads_lent",
     "map_shared",
+    "new_shared",
 )
 
 _pickle_dumps = pickle.dumps
@@ -103,6 +131,8 @@ def _rebuild_bytes(buffer: Any) -> bytes:
 
 
 def _rebuild_memoryview(buffer: Any) -> memoryview:
+    if type(buffer) is memoryview:
+        return buffer  # a view of its block's mapping (see _MAP, _MAP_READONLY): no copy
     return memoryview(_rebuild_bytearray(buffer))
 
 
@@ -150,48 +180,182 @@ def _wrap_big(value: Any) -> Any:
     return value
 
 
-# How a receiver gets each buffer of a block. A read-only one (bytes) is read with pread
-# into a new bytes object, a bytearray into a new bytearray: one copy, no page faults. Any
-# other writable one (a numpy array) is mapped, so the receiver's array is writable and
-# shares the block instead of copying it.
-_READ_BYTES, _MAP, _READ_BYTEARRAY = 0, 1, 2
+# How a receiver gets each buffer of a block (the sender picks by the buffer's type):
+# - _READ_BYTES: a ``bytes``, read with pread into a new ``bytes`` (one copy). A ``bytes``
+#   owns its memory, so one backed by a mapping cannot exist; users get the type they sent.
+# - _READ_BYTEARRAY: a ``bytearray``, read into a new ``bytearray`` (one copy), likewise.
+# - _MAP: any other writable buffer (a numpy array, a memoryview of a bytearray): mapped
+#   writable, so the receiver's value is writable and views the block itself, no copy.
+# - _MAP_READONLY: any other read-only buffer (a memoryview of bytes, a read-only array):
+#   mapped read-only, no copy. Nobody writes such a block after it is filled, which is what
+#   lets a worker send it on (or a slice of it) by reference: see :func:`lend`.
+# - _MAP_SHARED: a buffer of a shared buffer (:func:`new_shared`): mapped writable, and
+#   shared on purpose (what either side writes, the other sees); lent like _MAP_READONLY.
+_READ_BYTES, _MAP, _READ_BYTEARRAY, _MAP_READONLY, _MAP_SHARED = 0, 1, 2, 3, 4
+
+_PAGE = mmap.PAGESIZE
 
 
 class OutOfBand:
-    """A pickle whose large buffers wait in a block of shared memory."""
+    """A pickle whose large buffers wait in blocks of shared memory.
 
-    __slots__ = ("address", "data", "key", "layout", "oid", "token")
+    ``blocks`` holds, per block, its oid and a transit token (``b""`` when the sender keeps
+    its handle until the receiver is done, as for a call's arguments); ``layout`` holds,
+    per buffer, (index in ``blocks``, offset, size, how it is received).
+    """
+
+    __slots__ = ("address", "blocks", "data", "key", "layout")
 
     def __init__(
-        self, data: bytes, address: str, key: bytes, oid: int, layout: list[tuple[int, int, int]]
+        self,
+        data: bytes,
+        address: str,
+        key: bytes,
+        blocks: list[tuple[int, bytes]],
+        layout: list[tuple[int, int, int, int]],
     ) -> None:
         self.data = data
         self.address = address
         self.key = key
-        self.oid = oid
+        self.blocks = blocks
         self.layout = layout
-        self.token = b""
 
     def __reduce__(self) -> Any:
-        return (
-            _rebuild_oob,
-            (self.data, self.address, self.key, self.oid, self.layout, self.token),
-        )
+        return (OutOfBand, (self.data, self.address, self.key, self.blocks, self.layout))
 
 
-def _rebuild_oob(data: bytes, address: str, key: bytes, oid: int, layout: Any, token: bytes) -> Any:
-    oob = OutOfBand(data, address, key, oid, layout)
-    oob.token = token
-    return oob
+# -- lending: what a worker may send on by reference ------------------------------------------
+#
+# The blocks of a call's arguments stay alive until the parent has read the call's result (it
+# releases its handle after that), so while the call runs, a result or stream item holding an
+# argument's buffer (an echo, a slice of a memoryview) can refer to the argument's block
+# instead of copying it into a new one: the worker hands a handle over in transit, and the
+# parent adopts it before it releases its own. After the call, a buffer kept from it is
+# copied as any other: its block may be gone.
+#
+# Only read-only buffers are lent: a writable one (a numpy array) may be changed by the worker
+# later, and the parent's value must not change with it.
+
+# Start address -> (end, oid, offset of the start in the block, the mapping (kept alive, so
+# that no other memory can take its address while it is lent), how it is received).
+_lent_maps: dict[int, tuple[int, int, int, object, int]] = {}
+# Start address -> (end, oid) of this process's shared buffers (new_shared): always sent by
+# reference. An entry goes when its mapping is collected, before its address is freed.
+_shared_maps: dict[int, tuple[int, int]] = {}
+# id(bytes) -> (the bytes (kept alive, so that its id stays its own), oid, offset).
+_lent_bytes: dict[int, tuple[bytes, int, int]] = {}
 
 
-def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
-    """Pickle ``obj`` with its large buffers in a new block of shared memory.
+class Loan:
+    """The buffers of one call's arguments that its results may refer to (see above)."""
+
+    __slots__ = ("bytes_ids", "map_starts")
+
+    def __init__(self) -> None:
+        self.map_starts: list[int] = []
+        self.bytes_ids: list[int] = []
+
+
+def end_loan(loan: Loan | None) -> None:
+    """The call is over (its results are pickled): its buffers are no longer lent."""
+    if loan is None:
+        return
+    for start in loan.map_starts:
+        _lent_maps.pop(start, None)
+    for ident in loan.bytes_ids:
+        _lent_bytes.pop(ident, None)
+
+
+def _find_lent(raw: memoryview, how: int) -> tuple[int, int, int] | None:
+    """(oid, offset, how to receive it) of the lent or shared block that holds all of
+    ``raw``, if one does."""
+    obj = raw.obj
+    if type(obj) is bytes:
+        entry = _lent_bytes.get(id(obj))
+        if entry is not None and entry[0] is obj and raw.nbytes == len(obj):
+            return entry[1], entry[2], how
+        return None
+    if not (_lent_maps or _shared_maps):
+        return None
+    start = buffer_address(raw)
+    end = start + raw.nbytes
+    # A writable buffer cannot lie in a read-only mapping: what is found writable here is
+    # in a shared one, where it is meant to be shared.
+    for first, (last, oid, offset, _, kind) in list(_lent_maps.items()):
+        if first <= start and end <= last:
+            return oid, offset + (start - first), kind if kind == _MAP_SHARED else how
+    for first, (last, oid) in list(_shared_maps.items()):
+        if first <= start and end <= last:
+            return oid, start - first, _MAP_READONLY if raw.readonly else _MAP_SHARED
+    return None
+
+
+def new_shared(nbytes: int) -> memoryview:
+    """A writable buffer of ``nbytes`` in a new block of shared memory, which large
+    payloads refer to instead of copying it (see ``aioproc.shared_buffer``).
+
+    This process holds a handle on the block as long as the buffer (or any view of it)
+    lives; each process it is sent to maps the same block.
+    """
+    endpoint = _client.default_endpoint()
+    (oid,) = endpoint.create("shm", {"size": nbytes})
+    try:
+        fd = endpoint.get_fd(oid)
+        try:
+            view = map_shared(fd, nbytes, 0)
+        finally:
+            os.close(fd)
+    except BaseException:
+        endpoint.detach(oid)
+        raise
+    start = buffer_address(view)
+    _shared_maps[start] = (start + nbytes, oid)
+    weakref.finalize(view.obj, _forget_shared, start, endpoint, oid, os.getpid())
+    return view
+
+
+def _forget_shared(start: int, endpoint: _client.Endpoint, oid: int, pid: int) -> None:
+    _shared_maps.pop(start, None)
+    if os.getpid() != pid:
+        return  # a forked child's copy of the buffer: the handle is its parent's
+    # Broad on purpose, as in a __del__: this runs from the garbage collector, at any point
+    # of any thread, or at exit; a failure (the hub gone) has nowhere to go.
+    with contextlib.suppress(Exception):
+        endpoint.detach(oid)
+
+
+def _after_fork_in_child() -> None:
+    # What the parent lent or shares is the parent's to send by reference: a forked child
+    # holds no handle on those blocks, so it copies what it sends of them.
+    _lent_maps.clear()
+    _lent_bytes.clear()
+    _shared_maps.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _how(buffer: pickle.PickleBuffer, raw: memoryview) -> int:
+    kind = type(memoryview(buffer).obj)
+    if kind is bytes:
+        return _READ_BYTES
+    if kind is bytearray:
+        return _READ_BYTEARRAY
+    return _MAP_READONLY if raw.readonly else _MAP
+
+
+def dumps_large(obj: object, *, hand_over: bool = False) -> tuple[OutOfBand | bytes, Any]:
+    """Pickle ``obj`` with its large buffers in a new block of shared memory (buffers lent
+    to this process are referred to, not copied: see :func:`end_loan`).
+
+    Args:
+        hand_over: give the new block's handle to the receiver (a result) instead of
+            keeping it until the receiver is done (a call's arguments).
 
     Returns:
         an :class:`OutOfBand` envelope and a callable that releases the sender's handle
-        on the block (once the receiver is done with it); or, when nothing large was
-        found after all, plain pickled bytes and None.
+        on the new block (once the receiver is done with it; None when there is none to
+        release); or, when nothing large was found after all, plain pickled bytes and None.
     """
 
     buffers: list[pickle.PickleBuffer] = []
@@ -210,38 +374,60 @@ def dumps_large(obj: object) -> tuple[OutOfBand | bytes, Any]:
     data = out.getvalue()
     if MAIN in data or not buffers:
         return dumps(obj), None
-    # (offset, size, how the receiver gets it): see _READ_BYTES, _MAP, _READ_BYTEARRAY.
-    layout: list[tuple[int, int, int]] = []
-    offset = 0
+    endpoint = _client.default_endpoint()
+    address = endpoint.address
+    lending = bool(_lent_maps or _lent_bytes or _shared_maps)
+    blocks: list[tuple[int, bytes]] = []
+    referred: dict[int, int] = {}  # oid of a lent block -> its index in blocks
+    layout: list[tuple[int, int, int, int]] = []
+    fresh: list[tuple[int, memoryview]] = []  # (offset in the new block, buffer)
+    size = 0
     for buffer in buffers:
         raw = buffer.raw()
-        if raw.readonly:
-            how = _READ_BYTES
-        elif type(memoryview(buffer).obj) is bytearray:
-            how = _READ_BYTEARRAY
+        how = _how(buffer, raw)
+        found = _find_lent(raw, how) if lending else None
+        if found is not None:
+            oid, offset, how = found
+            index = referred.get(oid)
+            if index is None:
+                index = referred[oid] = len(blocks)
+                blocks.append((oid, endpoint.hand_over(oid)))
+            layout.append((index, offset, raw.nbytes, how))
+            continue
+        layout.append((-1, size, raw.nbytes, how))
+        fresh.append((size, raw))
+        size += (raw.nbytes + _PAGE - 1) & ~(_PAGE - 1)  # page-aligned: each maps alone
+    release = None
+    if fresh:
+        (oid,) = endpoint.create("shm", {"size": size})
+        try:
+            _fill(endpoint.get_fd(oid), fresh)
+        except BaseException:
+            endpoint.detach(oid)
+            raise
+        new = len(blocks)
+        layout = [(new if i < 0 else i, o, n, h) for i, o, n, h in layout]
+        if hand_over:
+            # The same handover as a pickled proxy's (Proxy.__reduce__): the envelope's
+            # receiver adopts the handle in transit, so the block outlives our own.
+            blocks.append((oid, endpoint.hand_over(oid)))
+            endpoint.detach(oid)
         else:
-            how = _MAP
-        layout.append((offset, raw.nbytes, how))
-        offset += (raw.nbytes + 4095) & ~4095  # page-aligned, so each can be mapped alone
-    endpoint = _client.default_endpoint()
-    address, key = endpoint.address, endpoint.key
-    (oid,) = endpoint.create("shm", {"size": offset})
-    fd = endpoint.get_fd(oid)
+            blocks.append((oid, b""))
+            release = functools.partial(endpoint.detach, oid)
+    return OutOfBand(data, address, endpoint.key, blocks, layout), release
+
+
+def _fill(fd: int, fresh: list[tuple[int, memoryview]]) -> None:
+    # Written through the descriptor, not a mapping: pwrite measured fastest here (no page
+    # fault per page: about 1.7x a mapping + memcpy, see benchmarks `payload`).
     try:
-        # Written through the descriptor, not a mapping: no page fault per page here.
-        for (start, _, _), buffer in zip(layout, buffers, strict=True):
-            view = buffer.raw()
+        for start, view in fresh:
             done = 0
             while done < view.nbytes:
                 done += os.pwrite(fd, view[done:], start + done)
     finally:
         os.close(fd)
-    envelope = OutOfBand(data, address, key, oid, layout)
-
-    def release() -> None:
-        endpoint.detach(oid)
-
-    return envelope, release
 
 
 def dumps_maybe_large(obj: object) -> tuple[bytes, Any]:
@@ -266,33 +452,47 @@ def dumps_result(obj: object) -> bytes:
     """
     if not has_big_buffers(obj) or _client.known_address() is None:
         return dumps(obj)  # no hub the parent serves: through the pipe
-    envelope, release = dumps_large(obj)
+    envelope, _ = dumps_large(obj, hand_over=True)
     if isinstance(envelope, bytes):
         return envelope
-    # The same handover as a pickled proxy's (Proxy.__reduce__): the envelope's receiver
-    # adopts the handle in transit, so the block outlives our release() until then.
-    envelope.token = _client.Endpoint(envelope.address, envelope.key).hand_over(envelope.oid)
-    release()
     return _pickle_dumps(envelope, PROTOCOL)
 
 
-def load_large(oob: OutOfBand) -> Any:
-    """Unpickle an :class:`OutOfBand` envelope, mapping its block of shared memory."""
+def load_large(oob: OutOfBand, loan: Loan | None = None) -> Any:
+    """Unpickle an :class:`OutOfBand` envelope, mapping or reading its blocks.
+
+    Args:
+        loan: a call's arguments are being loaded: record in it what its results may
+            refer to (see :func:`end_loan`).
+    """
     if _role.in_worker and _client.known_address() is None:
         _role.set_default(oob.address, oob.key)  # now we know where the parent's hub is
     endpoint = _client.Endpoint(oob.address, oob.key)
-    if oob.token:  # a result: take over the sender's handle, and let go once mapped
-        endpoint.adopt(oob.oid, oob.token)
+    fds: list[int] = []
     try:
-        fd = endpoint.get_fd(oob.oid)
-    finally:
-        if oob.token:
-            endpoint.detach(oob.oid)
-    try:
+        for oid, token in oob.blocks:
+            if token:  # handed over: take the handle, and let go once mapped or read
+                endpoint.adopt(oid, token)
+            try:
+                fds.append(endpoint.get_fd(oid))
+            finally:
+                if token:
+                    endpoint.detach(oid)
         buffers: list[Any] = []
-        for start, size, how in oob.layout:
-            if how == _MAP:
-                buffers.append(map_shared(fd, size, start))
+        for index, start, size, how in oob.layout:
+            fd = fds[index]
+            if how == _MAP or how == _MAP_READONLY or how == _MAP_SHARED:
+                readonly = how == _MAP_READONLY
+                skip = start % _PAGE  # a slice sent on by reference may start mid-page
+                view = map_shared(fd, size + skip, start - skip, readonly=readonly)
+                if skip:
+                    view = view[skip:]
+                if loan is not None and how != _MAP:
+                    first = buffer_address(view)
+                    oid = oob.blocks[index][0]
+                    _lent_maps[first] = (first + size, oid, start, view, how)
+                    loan.map_starts.append(first)
+                buffers.append(view)
             elif how == _READ_BYTEARRAY:
                 target = bytearray(size)
                 _read_into(fd, memoryview(target), start)
@@ -304,34 +504,28 @@ def load_large(oob: OutOfBand) -> Any:
                     whole[: len(data)] = data
                     _read_into(fd, memoryview(whole)[len(data) :], start + len(data))
                     data = bytes(whole)
+                if loan is not None:
+                    _lent_bytes[id(data)] = (data, oob.blocks[index][0], start)
+                    loan.bytes_ids.append(id(data))
                 buffers.append(data)
     finally:
-        os.close(fd)
-    # numpy arrays rebuilt here view their mapping (zero-copy, writable): it stays alive as
+        for fd in fds:
+            os.close(fd)
+    # Values rebuilt on a mapping (numpy arrays, memoryviews) view it: it stays alive as
     # long as they do, and holds no descriptor. bytes come back as the bytes pread made.
     return pickle.loads(oob.data, buffers=buffers)
 
 
 _MAP_FIXED = 0x10  # <sys/mman.h>: the same on every Linux architecture but alpha and parisc
 _libc_mmap: Any = None
+_get_buffer: Any = None
 
 
-def map_shared(fd: int, size: int, offset: int) -> memoryview:
-    """A writable view of ``size`` bytes of ``fd`` from ``offset``, mapped shared, that
-    keeps no file descriptor open.
-
-    ``mmap.mmap(fd, ...)`` keeps a duplicate of ``fd`` for as long as the mapping lives
-    (before Python 3.13's ``trackfd=False``), so every live array would hold one and a
-    program keeping a few hundred large results would run out of descriptors. Instead, an
-    anonymous ``mmap`` object reserves the address range, and the block is mapped over it
-    with ``MAP_FIXED``, which replaces the reservation atomically (the range is ours, so
-    nothing else can be there). That object then owns the mapping: it is unmapped once
-    the last view of it is gone, and a mapping alone keeps the block's memory alive.
-    """
+def _ctypes_setup() -> Any:
+    """libc's mmap and the C API's buffer calls, through ctypes (loaded once)."""
     import ctypes  # here: ~5 ms to import, and only a process that maps a block needs it
-    import mmap
 
-    global _libc_mmap
+    global _libc_mmap, _get_buffer
     if _libc_mmap is None:
         libc = ctypes.CDLL(None, use_errno=True)
         # mmap64 takes a 64-bit offset on 32-bit systems too; musl has only mmap (64-bit).
@@ -345,21 +539,70 @@ def map_shared(fd: int, size: int, offset: int) -> memoryview:
             ctypes.c_int,
             ctypes.c_int64,
         ]
+
+        class PyBuffer(ctypes.Structure):  # Py_buffer, <cpython/object.h>: stable since 3.3
+            _fields_ = (
+                ("buf", ctypes.c_void_p),
+                ("obj", ctypes.c_void_p),
+                ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t),
+                ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p),
+                ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p),
+                ("internal", ctypes.c_void_p),
+            )
+
+        get = ctypes.pythonapi.PyObject_GetBuffer
+        get.argtypes = [ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int]
+        get.restype = ctypes.c_int
+        put = ctypes.pythonapi.PyBuffer_Release
+        put.argtypes = [ctypes.POINTER(PyBuffer)]
+        put.restype = None
+        _get_buffer = (PyBuffer, get, put)
         _libc_mmap = fn
+    return ctypes
+
+
+def buffer_address(view: Any) -> int:
+    """The address of the first byte of a buffer, read-only ones included (ctypes'
+    ``from_buffer`` takes only writable ones)."""
+    _ctypes_setup()
+    struct, get, put = _get_buffer
+    info = struct()
+    get(view, info, 0)  # PyBUF_SIMPLE; raises (through ctypes) what the object raises
+    try:
+        return int(info.buf or 0)
+    finally:
+        put(info)
+
+
+def map_shared(fd: int, size: int, offset: int, *, readonly: bool = False) -> memoryview:
+    """A view of ``size`` bytes of ``fd`` from ``offset`` (a multiple of the page size),
+    mapped shared, that keeps no file descriptor open; writable unless ``readonly``.
+
+    ``mmap.mmap(fd, ...)`` keeps a duplicate of ``fd`` for as long as the mapping lives
+    (before Python 3.13's ``trackfd=False``), so every live array would hold one and a
+    program keeping a few hundred large results would run out of descriptors. Instead, an
+    anonymous ``mmap`` object reserves the address range, and the block is mapped over it
+    with ``MAP_FIXED``, which replaces the reservation atomically (the range is ours, so
+    nothing else can be there). That object then owns the mapping: it is unmapped once
+    the last view of it is gone, and a mapping alone keeps the block's memory alive.
+    """
+    _ctypes_setup()
+    prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
     # Private and not reserved: no memory is committed for what is replaced right away.
-    reserved = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0))
-    anchor = ctypes.c_char.from_buffer(reserved)
-    address = ctypes.addressof(anchor)
-    del anchor  # it exports the buffer; it must not pin the reservation
-    mapped = _libc_mmap(
-        address,
-        size,
-        mmap.PROT_READ | mmap.PROT_WRITE,
-        mmap.MAP_SHARED | _MAP_FIXED,
-        fd,
-        offset,
+    # Its protection decides whether its views are read-only (PROT_READ: ACCESS_READ).
+    reserved = mmap.mmap(
+        -1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_NORESERVE", 0), prot=prot
     )
+    address = buffer_address(reserved)
+    mapped = _libc_mmap(address, size, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, offset)
     if mapped != address:
+        import ctypes  # loaded already by _ctypes_setup
+
         errno = ctypes.get_errno()
         # A failed MAP_FIXED may have unmapped the range already, and another thread may
         # map something there: unmapping it now could destroy that. The reservation is
@@ -387,3 +630,17 @@ def loads_any(blob: bytes) -> Any:
     if type(value) is OutOfBand:
         return load_large(value)
     return value
+
+
+def loads_lent(blob: bytes) -> tuple[Any, Loan | None]:
+    """A call's arguments (``loads_any``), and what its results may refer to until
+    :func:`end_loan` (None: nothing)."""
+    value = loads(blob)
+    if type(value) is not OutOfBand:
+        return value, None
+    loan = Loan()
+    try:
+        return load_large(value, loan), loan
+    except BaseException:
+        end_loan(loan)
+        raise

@@ -15,7 +15,7 @@ import time
 from inspect import isasyncgen, iscoroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import _codec, _wire
+from . import _codec, _payload, _wire
 from ._exec import (
     PARTIAL_EVERY,
     READ_SIZE,
@@ -120,24 +120,29 @@ class _AsyncServer:
 
     async def execute(self, msg: _wire.Call) -> _wire.Message | None:
         worker = self.worker
+        loan = None
         try:
-            fn = worker.functions[msg.fn]
-            payload = load_payload(msg.args)
-            mode = msg.mode
-            if mode == _wire.MODE_CALL:
-                args, kwargs = payload
-                result = await _maybe_await(fn(*args, **(kwargs or {})))
-            elif mode == _wire.MODE_MAP or mode == _wire.MODE_STARMAP:
-                return await self.run_chunk(msg, fn, payload)
-            else:
-                args, kwargs = payload
-                await self.stream(msg.id, fn, args, kwargs or {})
-                return None
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            return _wire.Failed(msg.id, _codec.dumps_error(exc))
-        return answer(msg.id, result)
+            try:
+                fn = worker.functions[msg.fn]
+                payload, loan = load_payload(msg.args)
+                mode = msg.mode
+                if mode == _wire.MODE_CALL:
+                    args, kwargs = payload
+                    result = await _maybe_await(fn(*args, **(kwargs or {})))
+                elif mode == _wire.MODE_MAP or mode == _wire.MODE_STARMAP:
+                    return await self.run_chunk(msg, fn, payload)
+                else:
+                    args, kwargs = payload
+                    await self.stream(msg.id, fn, args, kwargs or {})
+                    return None
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                return _wire.Failed(msg.id, _codec.dumps_error(exc))
+            return answer(msg.id, result)
+        finally:
+            if loan is not None:
+                _payload.end_loan(loan)  # the result is pickled by now (or never will be)
 
     async def run_chunk(
         self, msg: _wire.Call, fn: Callable[..., Any], items: list[Any]
