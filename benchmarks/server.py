@@ -165,13 +165,18 @@ def _pss_kib(pid: int) -> int | None:
 
 def tree_pss(root: int) -> tuple[float, int]:
     """PSS of `root` and all its descendants (MiB), and how many processes that is."""
-    total, count = 0, 0
+    each = pss_by_process(root)
+    return sum(mib for _, mib in each), len(each)
+
+
+def pss_by_process(root: int) -> list[tuple[str, float]]:
+    """(command line, PSS in MiB) of `root` and each of its descendants: where memory goes."""
+    found = []
     for pid in (root, *descendants(root)):
         kib = _pss_kib(pid)
         if kib is not None:
-            total += kib
-            count += 1
-    return total / 1024, count
+            found.append((_command(pid)[:120], kib / 1024))
+    return found
 
 
 def _child_env() -> dict[str, str]:
@@ -447,7 +452,9 @@ def measure(server: Server, plan: Plan, gen: LoadGenerator) -> dict[str, Any]:
     gen.run(cpu_url, duration_s=plan.warmup_s, **load)
     server.wait_quiet(10.0)
     time.sleep(0.5)  # let the warm-up's garbage go before reading memory
-    out["pss_idle_mib"], out["processes_idle"] = tree_pss(server.pid)
+    out["pss_idle_by_process"] = pss_by_process(server.pid)
+    out["pss_idle_mib"] = sum(mib for _, mib in out["pss_idle_by_process"])
+    out["processes_idle"] = len(out["pss_idle_by_process"])
 
     idle_health = gen.run(
         health_url,
@@ -606,7 +613,8 @@ class Row:
     key: str
     label: str
     better: str | None  # "higher", "lower", or None (not compared)
-    digits: int = 3
+    missing: str | None = None
+    """What a round without a value means for this figure (said in the cell), if anything."""
 
 
 ROWS = (
@@ -624,7 +632,7 @@ ROWS = (
     Row("after_ok_rps", "after the kill: /cpu ok (req/s)", "higher"),
     Row("abandon_tasks_completed", "abandoned: tasks run to completion (of 20)", "lower"),
     Row("first_response_s", "start to first /cpu answer (s)", "lower"),
-    Row("shutdown_s", "graceful shutdown (s; - = had to be killed)", "lower"),
+    Row("shutdown_s", "graceful shutdown (s)", "lower", missing="killed after 20 s"),
     Row("left_after_shutdown", "processes left after shutdown", "lower"),
 )
 
@@ -664,6 +672,7 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, An
             values = [r.get(row.key) for r in results if r.get(row.key) is not None]
             numeric = [v for v in values if isinstance(v, int | float)]
             figures[row.key] = {
+                "rounds": len(results),
                 "median": _median(values) if values else None,
                 "min": min(numeric) if numeric else None,
                 "max": max(numeric) if numeric else None,
@@ -709,6 +718,8 @@ def table(summary: dict[str, dict[str, Any]], *, spread: bool) -> str:
             text = _fmt(figure["median"])
             if spread and figure["min"] is not None and figure["min"] != figure["max"]:
                 text += f" ({_fmt(figure['min'])}..{_fmt(figure['max'])})"
+            if row.missing and (absent := figure["rounds"] - len(figure["values"])):
+                text += f"; {row.missing} in {absent} of {figure['rounds']}"
             cells.append(text)
         cells.append(_compare(row, summary))
         lines.append("| " + " | ".join(cells) + " |")
