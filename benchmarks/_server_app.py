@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 
 Offload = Callable[..., Awaitable[Any]]
 """`offload(fn, *args)`: run `fn(*args)` in a worker of the strategy, await its result."""
+
+
+# Each opener imports its own library: a server process loads only the strategy it runs.
 
 
 @asynccontextmanager
@@ -141,8 +145,6 @@ STRATEGIES: dict[str, Callable[[int], Any]] = {
 
 def cancel_on_disconnect_available() -> bool:
     """Whether this checkout of aioproc has the ASGI disconnect watcher."""
-    import importlib.util
-
     try:
         return importlib.util.find_spec("aioproc.asgi") is not None
     except ModuleNotFoundError:
@@ -250,7 +252,7 @@ def build_app(
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the app for one strategy on an inherited listening socket until SIGTERM."""
-    import uvicorn
+    import uvicorn  # only the server process needs it, not build_app's users (the tests)
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks._server_app")
     parser.add_argument("--strategy", choices=sorted(STRATEGIES), required=True)

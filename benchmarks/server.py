@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -55,11 +57,14 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from . import _server_load
 from ._proc import become_subreaper, cpu_seconds, descendants, kill_descendants, settle
+from ._server_tasks import count_records
+from ._tasks import burn
 
 ROOT = Path(__file__).resolve().parent.parent
 """The project root (the directory holding `benchmarks/`)."""
@@ -137,8 +142,6 @@ _KILL_TIMEOUT_S = 2.0
 
 def _set_death_signal(sig: int) -> None:
     # Runs in the child between fork and exec: the kernel signals it if the driver dies.
-    import ctypes
-
     ctypes.CDLL(None).prctl(1, int(sig), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
 
 
@@ -509,7 +512,7 @@ def measure(server: Server, plan: Plan, gen: LoadGenerator) -> dict[str, Any]:
     # A handler answers (to nobody) when its task ends, or is cancelled: pending drops to
     # zero unless a task was lost, and then the budget ends the wait.
     after = server.wait_quiet(budget)["abandon"]
-    tasks_started, tasks_done = _server_tasks_records(server)
+    tasks_started, tasks_done = count_records(str(server.counter))
     out["abandon_clients"] = plan.abandon_clients
     out["abandon_handlers"] = after["started"] - before["started"]
     out["abandon_tasks_started"] = tasks_started
@@ -556,12 +559,6 @@ def _command(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:  # gone meanwhile
         return "?"
-
-
-def _server_tasks_records(server: Server) -> tuple[int, int]:
-    from ._server_tasks import count_records
-
-    return count_records(str(server.counter))
 
 
 def run_strategy(
@@ -703,7 +700,8 @@ def _compare(row: Row, summary: dict[str, dict[str, Any]]) -> str:
         return f"{'better' if won else 'worse'} ({best}: {_fmt(theirs)})"
     ratio = ours / theirs if row.better == "higher" else theirs / ours
     word = "better" if ratio >= 1 else "worse"
-    return f"{max(ratio, 1 / ratio):.2f}x {word} ({best})"
+    times = max(ratio, 1 / ratio)
+    return f"{times:,.0f}x {word} ({best})" if times >= 100 else f"{times:.2f}x {word} ({best})"
 
 
 def table(summary: dict[str, dict[str, Any]], *, spread: bool) -> str:
@@ -734,7 +732,6 @@ def calibrate(target_ms: float) -> tuple[int, float]:
 
     CPU time, not wall time: on a shared machine a preempted probe would shrink the task.
     """
-    from ._tasks import burn
 
     def timed(n: int) -> float:
         t0 = time.process_time()
@@ -748,8 +745,6 @@ def calibrate(target_ms: float) -> tuple[int, float]:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found: dict[str, str | None] = {}
     for name in ("starlette", "uvicorn", "httptools", "uvloop", "anyio", "aiomultiprocess"):
         try:
@@ -760,6 +755,7 @@ def _versions() -> dict[str, str | None]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Starlette comes with the bench extra: imported where needed, after main() checked it.
     from ._server_app import STRATEGIES
 
     parser = argparse.ArgumentParser(
@@ -788,7 +784,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _strategies(arg: str | None) -> tuple[list[str], list[str]]:
-    from ._server_app import STRATEGIES, cancel_on_disconnect_available
+    from ._server_app import STRATEGIES, cancel_on_disconnect_available  # bench extra
 
     wanted = [s.strip() for s in arg.split(",") if s.strip()] if arg else list(DEFAULT_STRATEGIES)
     unknown = [s for s in wanted if s not in STRATEGIES]
@@ -806,7 +802,23 @@ def _strategies(arg: str | None) -> tuple[list[str], list[str]]:
     return wanted, notes
 
 
+def _missing_extra() -> str | None:
+    """The first module of the bench extra that cannot be imported, if any."""
+    for name in ("starlette", "uvicorn"):
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (2: a requirement is missing)."""
+    if missing := _missing_extra():
+        print(
+            f"benchmarks.server needs the bench extra ({missing} is missing):"
+            ' pip install -e ".[bench]"',
+            file=sys.stderr,
+        )
+        return 2
     args = _parser().parse_args(argv)
     strategies, notes = _strategies(args.strategy)
     wrk = shutil.which("wrk")
