@@ -588,9 +588,10 @@ class Prefetch:
         self.handed = 0  # items taken from the buffer since the last settlement
         self.want = 1  # the size of the next batch
         self.filled: tuple[float, int] | None = None  # the last batch: arrival, size
-        # Reentrant: the reader that fills the buffer may be the thread that holds it (a
-        # write that failed reads the hub's last words).
-        self.lock = threading.RLock()
+        # Not reentrant: whoever holds it only appends to ``pending`` (see Invariants),
+        # never writes or reads the connection, so a reader filling the buffer is never
+        # the thread that holds it.
+        self.lock = threading.Lock()
         self.users = 0  # proxies of this process that use it
 
     def take(self) -> bytes | None:
@@ -642,8 +643,8 @@ class Prefetch:
 
     def release(self) -> None:
         """One proxy of this process let go (before its handle's detach is posted)."""
+        self.give_back()
         with self.lock:
-            self.give_back()
             self.users -= 1
             if self.users <= 0:
                 with self.client.send_lock:
