@@ -59,14 +59,14 @@ class Queue(Proxy, Generic[T]):
     for everyone: puts then raise ``ClosedResourceError``, and getters receive what is
     left, then ``EndOfStream`` (an ``async for`` simply ends).
 
-    Consumers in other processes. A get in a process other than the hosting one takes
-    from that process's buffer of the queue, and asks the host for a batch only when the
-    buffer is empty: no round trip per item. The host *lends* a batch until the process
-    *settles* it (``_client.Prefetch``, ``_objects.QueueState``):
+    Consumers in other processes. On an unbounded queue, a get in a process other than the
+    hosting one takes from that process's buffer of the queue, and asks the host for a
+    batch only when the buffer is empty: no round trip per item. The host *lends* a batch
+    until the process *settles* it (``_client.Prefetch``, ``_objects.QueueState``):
 
     - a batch holds about what the process consumed in the last millisecond (1 at first,
-      at most 256, always 1 on a bounded queue), so a slow consumer takes one item at a
-      time and leaves the rest to others;
+      at most 256), so a slow consumer takes one item at a time and leaves the rest to
+      others;
     - FIFO: batches are lent in queue order and the buffer is shared by the process's
       proxies of the queue;
     - never lost: unconsumed items go back to the front of the queue, in order, when a get
@@ -74,10 +74,12 @@ class Queue(Proxy, Generic[T]):
       or (by the host) the process's connection closes;
     - at least once: items a get returned are settled when the buffer runs dry; if the
       process dies before that, they are delivered again;
-    - ``qsize()`` and ``maxsize`` count items put and not yet taken, prefetched ones
-      included (``statistics().prefetched``).
+    - ``qsize()`` counts items put and not yet taken, prefetched ones included
+      (``statistics().prefetched``).
 
-    In the hosting process a get takes straight from the queue: nothing is lent.
+    In the hosting process, and on a bounded queue, a get takes one item from the queue
+    itself: nothing is lent (on a bounded queue, lent items would keep a waiting producer
+    out one message longer than a plain get does).
     """
 
     _kind = "queue"
@@ -105,12 +107,12 @@ class Queue(Proxy, Generic[T]):
             self._post = functools.partial(client.post, self._oid, _wire.OP_PUT)
         else:
             self._post = functools.partial(endpoint.post_item, self._oid)
-        # Gets in another process than the hosting one take batches into this process's
-        # buffer of the queue (see _client.Prefetch); its items go back when this proxy is
-        # released, before its handle.
+        # Gets of an unbounded queue in another process than the hosting one take batches
+        # into this process's buffer of the queue (see _client.Prefetch); its items go back
+        # when this proxy is released, before its handle.
         self._prefetch: _client.Prefetch | None = None
-        if client is not None:
-            self._prefetch = prefetch = client.prefetch(self._oid, self._maxsize > 0)
+        if client is not None and self._maxsize == 0:
+            self._prefetch = prefetch = client.prefetch(self._oid)
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _release, prefetch, endpoint, self._oid)
 

@@ -812,7 +812,7 @@ def _settles(client: _FakeConnection) -> list[tuple[int, int]]:
 
 def test_a_prefetch_settles_what_it_handed_out_and_gives_back_the_rest() -> None:
     client: Any = _FakeConnection()
-    prefetch = _client.Prefetch(client, 5, bounded=False)
+    prefetch = _client.Prefetch(client, 5)
     prefetch.users = 1
     assert prefetch.take() is None  # empty: the caller fetches
     future: Any = _Slot()
@@ -836,7 +836,7 @@ def test_a_prefetch_settles_what_it_handed_out_and_gives_back_the_rest() -> None
 
 def test_a_batch_granted_across_a_cancel_goes_back() -> None:
     client: Any = _FakeConnection()
-    prefetch = _client.Prefetch(client, 5, bounded=False)
+    prefetch = _client.Prefetch(client, 5)
     prefetch.users = 1
     future: Any = _Slot()
     request = _client._Fetch(prefetch, future)
@@ -853,7 +853,7 @@ def test_a_batch_granted_across_a_cancel_goes_back() -> None:
 
 def test_prefetch_batches_follow_the_consumer_s_rate() -> None:
     client: Any = _FakeConnection()
-    fast = _client.Prefetch(client, 5, bounded=False)
+    fast = _client.Prefetch(client, 5)
     fast.filled = (0.0, 1)  # one item handed out since the clock's origin: slow
     assert _wire.LEND.unpack(fast.ask())[0] == 1
     wants = []
@@ -863,10 +863,7 @@ def test_prefetch_batches_follow_the_consumer_s_rate() -> None:
         wants.append(_wire.LEND.unpack(fast.ask())[0])
     assert wants[:4] == [2, 4, 8, 16]  # doubling: the rate allows far more
     assert max(wants) == 256  # capped
-    slow = _client.Prefetch(client, 6, bounded=False)
+    slow = _client.Prefetch(client, 6)
     slow.want = 64
     slow.filled = (time.monotonic() - 0.64, 64)  # 10 ms per item
     assert _wire.LEND.unpack(slow.ask())[0] == 1
-    bounded = _client.Prefetch(client, 7, bounded=True)
-    bounded.filled = (time.monotonic(), 1)
-    assert _wire.LEND.unpack(bounded.ask())[0] == 1
