@@ -179,7 +179,9 @@ class QueueState(State):
     had handed out but not yet settled when it died is delivered again (at least once).
 
     Counting: ``size`` (qsize) and the ``maxsize`` bound count the items queued *and* those
-    lent and not yet settled, so a bounded queue keeps its backpressure whoever prefetched.
+    lent and not yet settled, so a bounded queue would keep its backpressure whoever
+    prefetched (this process's clients only ask for batches from unbounded queues: see
+    ``_client.Prefetch``).
     """
 
     kind = "queue"
