@@ -180,7 +180,7 @@ class QueueState(State):
 
     Counting: ``size`` (qsize) and the ``maxsize`` bound count the items queued *and* those
     lent and not yet settled, so a bounded queue would keep its backpressure whoever
-    prefetched (this process's clients only ask for batches from unbounded queues: see
+    prefetched (aioproc's clients ask for batches from unbounded queues only: see
     ``_client.Prefetch``).
     """
 
