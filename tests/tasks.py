@@ -572,3 +572,39 @@ def make_shared(size: int, byte: int) -> Any:
     buf = aioproc.shared_buffer(size)
     buf[:] = bytes([byte]) * size
     return buf
+
+
+def take(q: Any, n: int) -> list[Any]:
+    """Take `n` items with blocking gets, and return them."""
+    get = q.sync.get
+    return [get(timeout=30) for _ in range(n)]
+
+
+async def take_async(q: Any) -> list[Any]:
+    """Take items with `async for` until the queue is closed and drained."""
+    return [item async for item in q]
+
+
+def take_then_die(q: Any, n: int) -> None:
+    """Take `n` items (a consumer with a prefetch buffer by then), then die as the OOM
+    killer would have it: no exit code runs, nothing is given back."""
+    for _ in range(n):
+        q.sync.get(timeout=30)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def take_slowly_then_wait(q: Any, n: int, seconds: float, taken: Any, go: Any) -> list[Any]:
+    """A slow consumer: `n` items, `seconds` of work each; then say so and wait for `go`."""
+    got = []
+    for _ in range(n):
+        got.append(q.sync.get(timeout=30))
+        time.sleep(seconds)
+    taken.sync.set()
+    go.sync.wait(30)
+    return got
+
+
+def wait_then_size(q: Any, started: Any) -> int:
+    """Block in a get on an empty queue, after saying so; return the item then got."""
+    started.sync.set()
+    return q.sync.get(timeout=30)  # type: ignore[no-any-return]

@@ -115,6 +115,102 @@ async def test_cancelled_async_get_in_a_worker_loses_nothing() -> None:
         assert q.statistics().waiting_getters == 0
 
 
+# --- Queue: consumers in other processes (prefetch: items lent in batches) -----------------
+
+
+async def test_child_consumers_get_every_item_once_in_order_then_end_of_stream() -> None:
+    n = 3000
+    q: aioproc.Queue[int] = aioproc.Queue()
+    async with aioproc.ProcessPool(2, concurrency=2) as pool:
+        blocking = pool.submit(tasks.drain, q)
+        awaiting = pool.submit(tasks.take_async, q)
+        for i in range(n):
+            await q.put(i)
+        q.close()
+        got = [await blocking, await awaiting]
+    for each in got:
+        assert each == sorted(each)  # FIFO as each consumer sees it
+    assert sorted(got[0] + got[1]) == list(range(n))  # every item, once
+    assert q.qsize() == 0
+
+
+async def test_a_consumer_killed_with_a_prefetch_buffer_loses_nothing() -> None:
+    n, taken = 1000, 100
+    q: aioproc.Queue[int] = aioproc.Queue()
+    for i in range(n):
+        await q.put(i)
+    async with aioproc.ProcessPool(1) as pool:
+        with pytest.raises(aioproc.WorkerDiedError):
+            await pool.apply(tasks.take_then_die, q, taken)
+        # Once the hub saw the connection go, what was lent to the dead consumer is back at
+        # the front, in order: items it had handed out but not yet settled come again (at
+        # least once); none it had not handed out is missing.
+        with anyio.fail_after(10):
+            while q.statistics().prefetched:
+                await anyio.sleep(0.01)
+        rest = await pool.apply(tasks.take, q, q.qsize())
+    assert rest[-1] == n - 1
+    assert rest == list(range(rest[0], n))
+    assert rest[0] <= taken
+    assert q.qsize() == 0
+
+
+async def test_a_finished_task_gives_back_what_it_prefetched() -> None:
+    n, taken = 1000, 300
+    q: aioproc.Queue[int] = aioproc.Queue()
+    for i in range(n):
+        await q.put(i)
+    async with aioproc.ProcessPool(1) as pool:
+        assert await pool.apply(tasks.take, q, taken) == list(range(taken))
+        # Its result arrived after its buffer was given back and its gets settled.
+        assert q.qsize() == n - taken
+        assert [await q.get() for _ in range(n - taken)] == list(range(taken, n))
+
+
+async def test_a_slow_consumer_leaves_the_rest_to_another() -> None:
+    n, slow_takes = 40, 5
+    q: aioproc.Queue[int] = aioproc.Queue()
+    taken, go = aioproc.Event(), aioproc.Event()
+    for i in range(n):
+        await q.put(i)
+    async with aioproc.ProcessPool(2) as pool:
+        slow = pool.submit(tasks.take_slowly_then_wait, q, slow_takes, 0.02, taken, go)
+        await taken.wait()
+        # The slow consumer (20 ms per item) asked for one item at a time: it holds
+        # nothing now, and a second consumer process takes all the rest at once.
+        assert q.qsize() == n - slow_takes
+        fast = await pool.apply(tasks.take, q, n - slow_takes)
+        go.set()
+        assert await slow == list(range(slow_takes))
+    assert fast == list(range(slow_takes, n))
+
+
+async def test_size_counts_what_a_consumer_has_not_taken() -> None:
+    q: aioproc.Queue[int] = aioproc.Queue()
+    started = aioproc.Event()
+    async with aioproc.ProcessPool(1) as pool:
+        waiting = pool.submit(tasks.wait_then_size, q, started)
+        await started.wait()
+        with anyio.fail_after(10):
+            while q.statistics().waiting_getters != 1:
+                await anyio.sleep(0.01)
+        assert q.qsize() == 0 and q.empty()
+        await q.put(7)
+        assert await waiting == 7
+        assert q.qsize() == 0
+
+
+async def test_a_bounded_queue_keeps_its_backpressure_with_a_child_consumer() -> None:
+    q: aioproc.Queue[int] = aioproc.Queue(maxsize=3)
+    async with aioproc.ProcessPool(1) as pool:
+        consumer = pool.submit(tasks.take, q, 200)
+        for i in range(200):
+            await q.put(i)
+            assert q.qsize() <= 3
+        assert await consumer == list(range(200))
+    assert q.qsize() == 0
+
+
 async def test_typed_pipe() -> None:
     a, b = aioproc.Pipe(type=Point)
     await a.send(Point(1, 2))

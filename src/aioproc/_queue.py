@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
+import weakref
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -12,6 +14,7 @@ import msgspec
 from ._core import _client, _codec, _wire
 from ._exceptions import EndOfStream
 from ._proxy import Proxy
+from ._proxy import _release as _proxy_release
 
 __all__ = ("Queue", "QueueStatistics")
 
@@ -23,11 +26,14 @@ class QueueStatistics:
     """A snapshot of a queue.
 
     Attributes:
-        size: items in the queue.
-        maxsize: the bound given at creation (0: unbounded).
+        size: items put and not yet taken: those in the queue, and those ``prefetched``.
+        maxsize: the bound given at creation (0: unbounded); it bounds ``size``.
         waiting_getters: tasks and processes blocked in ``get``.
         waiting_putters: tasks and processes blocked in ``put``.
         closed: whether ``close()`` was called.
+        prefetched: items lent to consumer processes and not yet settled: in their
+            buffers, or handed out by a ``get`` since their buffer last ran dry (see the
+            class's "Consumers in other processes").
     """
 
     size: int
@@ -35,6 +41,7 @@ class QueueStatistics:
     waiting_getters: int
     waiting_putters: int
     closed: bool
+    prefetched: int = 0
 
 
 class Queue(Proxy, Generic[T]):
@@ -51,6 +58,28 @@ class Queue(Proxy, Generic[T]):
     Items from one producer arrive in the order they were put. ``close()`` ends the queue
     for everyone: puts then raise ``ClosedResourceError``, and getters receive what is
     left, then ``EndOfStream`` (an ``async for`` simply ends).
+
+    Consumers in other processes. On an unbounded queue, a get in a process other than the
+    hosting one takes from that process's buffer of the queue, and asks the host for a
+    batch only when the buffer is empty: no round trip per item. The host *lends* a batch
+    until the process *settles* it (``_client.Prefetch``, ``_objects.QueueState``):
+
+    - a batch holds about what the process consumed in the last millisecond (1 at first,
+      at most 256), so a slow consumer takes one item at a time and leaves the rest to
+      others;
+    - FIFO: batches are lent in queue order and the buffer is shared by the process's
+      proxies of the queue;
+    - never lost: unconsumed items go back to the front of the queue, in order, when a get
+      is cancelled or times out, a proxy is released, a task or ``Process`` target returns,
+      or (by the host) the process's connection closes;
+    - at least once: items a get returned are settled when the buffer runs dry; if the
+      process dies before that, they are delivered again;
+    - ``qsize()`` counts items put and not yet taken, prefetched ones included
+      (``statistics().prefetched``).
+
+    In the hosting process, and on a bounded queue, a get takes one item from the queue
+    itself: nothing is lent (on a bounded queue, lent items would keep a waiting producer
+    out one message longer than a plain get does).
     """
 
     _kind = "queue"
@@ -72,9 +101,20 @@ class Queue(Proxy, Generic[T]):
         self._codec = _codec.ItemCodec(self._extra["type"])
         self._maxsize: int = self._extra["maxsize"]
         # Puts on an unbounded queue need no answer: the shortest route to the hub.
-        client = self._endpoint.client
-        poster = client.post if client is not None else self._endpoint.post
-        self._post = functools.partial(poster, self._oid, _wire.OP_PUT)
+        endpoint = self._endpoint
+        client = endpoint.client
+        if client is not None:
+            self._post = functools.partial(client.post, self._oid, _wire.OP_PUT)
+        else:
+            self._post = functools.partial(endpoint.post_item, self._oid)
+        # Gets of an unbounded queue in another process than the hosting one take batches
+        # into this process's buffer of the queue (see _client.Prefetch); its items go back
+        # when this proxy is released, before its handle.
+        self._prefetch: _client.Prefetch | None = None
+        if client is not None and self._maxsize == 0:
+            self._prefetch = prefetch = client.prefetch(self._oid)
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _release, prefetch, endpoint, self._oid)
 
     @property
     def maxsize(self) -> int:
@@ -110,8 +150,15 @@ class Queue(Proxy, Generic[T]):
             EndOfStream: the queue is closed and empty.
             ValidationError: (typed queue) the message does not match the type.
         """
-        # Fast path in the hosting process: an item is already there, take it.
-        blob = self._endpoint.take_ready(self._oid)
+        prefetch = self._prefetch
+        if prefetch is not None:
+            # Another process's queue: from this process's buffer, or a batch fetched now.
+            blob = prefetch.take()
+            if blob is None:
+                blob = await prefetch.get()
+        else:
+            # The hosting process's fast path: an item is already there, take it.
+            blob = self._endpoint.take_ready(self._oid)
         if blob is None:
             blob = await self._endpoint.call(
                 self._oid, _wire.OP_GET, undo=_client.Undo.put_back(self._oid)
@@ -120,7 +167,10 @@ class Queue(Proxy, Generic[T]):
 
     def get_nowait(self) -> T:
         """Return the next item or raise ``aioproc.WouldBlock`` (a ``queue.Empty``)."""
-        blob = self._endpoint.call_sync(self._oid, _wire.OP_GET_NOWAIT)
+        prefetch = self._prefetch
+        blob = prefetch.take() if prefetch is not None else None
+        if blob is None:
+            blob = self._endpoint.call_sync(self._oid, _wire.OP_GET_NOWAIT)
         return self._codec.decode(blob)  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -132,6 +182,7 @@ class Queue(Proxy, Generic[T]):
         return QueueStatistics(**stats)
 
     def qsize(self) -> int:
+        """Items put and not yet taken: queued, or prefetched by a consumer process."""
         return self.statistics().size
 
     def empty(self) -> bool:
@@ -150,8 +201,18 @@ class Queue(Proxy, Generic[T]):
             raise StopAsyncIteration from None
 
 
+def _release(prefetch: _client.Prefetch, endpoint: _client.Endpoint, oid: int) -> None:
+    """A queue proxy of a process that does not host it goes: its prefetched items first."""
+    # Broad on purpose, as in a __del__ (see _proxy._release).
+    with contextlib.suppress(Exception):
+        prefetch.release()
+    _proxy_release(endpoint, (oid,))
+
+
 class QueueSync(Generic[T]):
     """Blocking twins of the queue's methods, for plain code (``queue.sync``)."""
+
+    __slots__ = ("_queue",)
 
     def __init__(self, queue: Queue[T]) -> None:
         self._queue = queue
@@ -166,6 +227,11 @@ class QueueSync(Generic[T]):
 
     def get(self, timeout: float | None = None) -> T:
         q = self._queue
+        prefetch = q._prefetch
+        if prefetch is not None:
+            item = prefetch.take()
+            blob = item if item is not None else prefetch.get_sync(timeout)
+            return q._codec.decode(blob)  # type: ignore[no-any-return]
         blob = q._endpoint.call_sync(
             q._oid, _wire.OP_GET, b"", timeout, undo=_client.Undo.put_back(q._oid)
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -214,7 +216,124 @@ def test_queue_stats() -> None:
         "waiting_getters": 0,
         "waiting_putters": 0,
         "closed": False,
+        "prefetched": 0,
     }
+
+
+# --- queue: items lent to consumer processes (OP_GET_MANY, OP_SETTLE) ------------------------
+
+
+def _lend(q: Any, want: int, done: int = 0, owner: object = "p1") -> Waiter:
+    return _do(q, _wire.OP_GET_MANY, _wire.LEND.pack(want, done), owner)
+
+
+def _settle(q: Any, done: int, back: int, owner: object = "p1") -> None:
+    _do(q, _wire.OP_SETTLE, _wire.LEND.pack(done, back), owner)
+
+
+def _batch(waiter: Waiter) -> list[bytes]:
+    return _wire.unpack_items(waiter.value)
+
+
+def _size(q: Any) -> int:
+    return int(pickle.loads(_do(q, _wire.OP_STATS).value)["size"])
+
+
+def _filled(maxsize: int, *items: bytes) -> Any:
+    q = _one("queue", maxsize=maxsize)
+    for item in items:
+        _do(q, _wire.OP_PUT, item)
+    return q
+
+
+def test_a_batch_takes_up_to_what_is_asked_and_what_is_there() -> None:
+    q = _filled(0, b"a", b"b", b"c")
+    assert _batch(_lend(q, 2)) == [b"a", b"b"]
+    assert _batch(_lend(q, 5)) == [b"c"]
+    assert list(q.lent["p1"]) == [b"a", b"b", b"c"]
+
+
+def test_lent_items_count_in_the_size_until_settled() -> None:
+    q = _filled(0, b"a", b"b", b"c")
+    _lend(q, 2)
+    assert _size(q) == 3  # two lent, one queued
+    _settle(q, 1, 0)  # "a" handed out
+    assert _size(q) == 2
+    assert _batch(_lend(q, 4, done=1)) == [b"c"]  # "b" handed out, settled by the request
+    assert _size(q) == 1
+    assert list(q.lent["p1"]) == [b"c"]
+
+
+def test_settled_back_items_return_first_in_line_in_order() -> None:
+    q = _filled(0, b"a", b"b", b"c", b"d")
+    _lend(q, 3)
+    _settle(q, 1, 2)  # "a" handed out; "b", "c" given back
+    assert list(q.items) == [b"b", b"c", b"d"]
+    assert "p1" not in q.lent
+    assert _size(q) == 3
+
+
+def test_a_dead_consumer_s_items_return_first_in_line_in_order() -> None:
+    q = _filled(0, b"a", b"b", b"c", b"d", b"e")
+    _lend(q, 2, owner="p1")
+    _lend(q, 2, owner="p2")
+    q.owner_gone("p1")
+    assert list(q.items) == [b"a", b"b", b"e"]
+    q.handles_gone("p2")  # its last handle on the queue gone: the same
+    assert list(q.items) == [b"c", b"d", b"a", b"b", b"e"]
+    assert q.n_lent == 0 and not q.lent
+
+
+def test_items_coming_back_go_to_waiting_getters_first() -> None:
+    q = _filled(0, b"a")
+    _lend(q, 1, owner="p1")
+    other = _lend(q, 4, owner="p2")  # parks: nothing queued
+    assert other.parked
+    q.owner_gone("p1")
+    assert _batch(other) == [b"a"]
+    assert list(q.lent["p2"]) == [b"a"] and not q.items
+
+
+def test_a_parked_batch_get_is_lent_the_next_put() -> None:
+    q = _one("queue", maxsize=0)
+    getter = _lend(q, 8)
+    _do(q, _wire.OP_PUT, b"x")
+    assert _batch(getter) == [b"x"]
+    assert list(q.lent["p1"]) == [b"x"]
+    gone = _lend(q, 8)
+    q.cancel(gone)
+    _do(q, _wire.OP_PUT, b"y")
+    assert gone.parked and list(q.items) == [b"y"]
+
+
+def test_a_batch_for_a_waiter_gone_stays_queued() -> None:
+    q = _filled(0, b"a", b"b")
+    waiter = Waiter(accept=False)
+    q.handle(_wire.OP_GET_MANY, _wire.LEND.pack(2, 0), waiter)
+    assert list(q.items) == [b"a", b"b"] and not q.lent
+
+
+def test_lent_items_hold_a_bounded_queue_s_room_until_settled() -> None:
+    q = _filled(2, b"a", b"b")
+    _lend(q, 2)
+    putter = _do(q, _wire.OP_PUT, b"c")
+    assert putter.parked  # two lent, none handed out yet: still full
+    assert isinstance(_do(q, _wire.OP_PUT_NOWAIT, b"z").error, QueueFull)
+    _settle(q, 1, 0)
+    assert putter.value == OK
+    assert list(q.items) == [b"c"]
+
+
+def test_a_closed_queue_ends_batch_gets_once_drained() -> None:
+    q = _filled(0, b"a")
+    waiting = _lend(q, 2, owner="p2")
+    assert _batch(waiting) == [b"a"]
+    parked = _lend(q, 2)
+    _do(q, _wire.OP_CLOSE)
+    assert isinstance(parked.error, EndOfStream)
+    q.owner_gone("p2")  # a lent item coming back after the close is still served
+    assert _batch(_lend(q, 2)) == [b"a"]
+    assert isinstance(_lend(q, 2).error, EndOfStream)
 
 
 # --- lock and semaphores -------------------------------------------------------------------
@@ -662,3 +781,89 @@ def test_a_blocking_call_from_another_thread_runs_in_the_loop(hub: _hub.Hub) -> 
     finally:
         _hub._local = local
         hub.backend = None  # that loop is gone
+
+
+class _FakeConnection(_FakeClient):
+    """A _FakeClient whose writes go through ``pending`` in order, as Client's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.send_lock = threading.Lock()
+        self.pending = bytearray()
+        self.reader = _wire.FrameReader(decoder=_wire.hub_decoder)
+
+    def enqueue(self, msg: _wire.HubCall) -> bool:
+        _wire.encode_into(msg, self.pending)
+        return False
+
+    def flush(self) -> None:
+        data, self.pending = self.pending, bytearray()
+        self.sent.extend(self.reader.feed(bytes(data)))
+
+    def send(self, msg: _wire.HubCall) -> None:
+        self.enqueue(msg)
+        self.flush()
+
+
+def _settles(client: _FakeConnection) -> list[tuple[int, int]]:
+    client.flush()
+    return [_wire.LEND.unpack(m.arg) for m in client.sent if m.op == _wire.OP_SETTLE]
+
+
+def test_a_prefetch_settles_what_it_handed_out_and_gives_back_the_rest() -> None:
+    client: Any = _FakeConnection()
+    prefetch = _client.Prefetch(client, 5)
+    prefetch.users = 1
+    assert prefetch.take() is None  # empty: the caller fetches
+    future: Any = _Slot()
+    _client._Fetch(prefetch, future).start()
+    assert client.sent[-1] == _wire.HubCall(1, 5, _wire.OP_GET_MANY, _wire.LEND.pack(1, 0))
+    batch = _wire.pack_items([b"a", b"b", b"c"])
+    _client.Client._on_reply(client, _wire.HubReply(1, _wire.STATUS_OK, batch))
+    assert future.done()
+    assert [prefetch.take(), prefetch.take()] == [b"a", b"b"]
+    assert _settles(client) == []  # mid-batch: nothing written per get
+    prefetch.give_back()  # a get gave up, or the proxy went
+    assert _settles(client) == [(2, 1)]  # "a", "b" handed out; "c" back first in line
+    assert prefetch.take() is None
+
+    # Emptying the buffer settles at once (a consumer that stops holds nothing counted).
+    _client._Fetch(prefetch, _Slot()).start()
+    _client.Client._on_reply(client, _wire.HubReply(2, _wire.STATUS_OK, _wire.pack_items([b"d"])))
+    assert prefetch.take() == b"d"
+    assert _settles(client) == [(2, 1), (1, 0)]
+
+
+def test_a_batch_granted_across_a_cancel_goes_back() -> None:
+    client: Any = _FakeConnection()
+    prefetch = _client.Prefetch(client, 5)
+    prefetch.users = 1
+    future: Any = _Slot()
+    request = _client._Fetch(prefetch, future)
+    request.start()
+    request.abandon()  # cancelled before any answer: withdrawn
+    assert client.sent[-1] == _wire.HubCall(0, 0, _wire.OP_CANCEL, (1).to_bytes(8, "little"))
+    batch = _wire.pack_items([b"a", b"b"])
+    _client.Client._on_reply(client, _wire.HubReply(1, _wire.STATUS_OK, batch))
+    assert _settles(client) == [(0, 2)]
+    _client.Client._on_reply(client, _wire.HubReply(1, _wire.STATUS_CANCELLED))
+    assert not client.requests and not future.done()
+    assert prefetch.take() is None
+
+
+def test_prefetch_batches_follow_the_consumer_s_rate() -> None:
+    client: Any = _FakeConnection()
+    fast = _client.Prefetch(client, 5)
+    fast.filled = (0.0, 1)  # one item handed out since the clock's origin: slow
+    assert _wire.LEND.unpack(fast.ask())[0] == 1
+    wants = []
+    for _ in range(12):
+        # Its whole batch handed out in no time (an arrival in the future: never preempted).
+        fast.filled = (time.monotonic() + 60, fast.want)
+        wants.append(_wire.LEND.unpack(fast.ask())[0])
+    assert wants[:4] == [2, 4, 8, 16]  # doubling: the rate allows far more
+    assert max(wants) == 256  # capped
+    slow = _client.Prefetch(client, 6)
+    slow.want = 64
+    slow.filled = (time.monotonic() - 0.64, 64)  # 10 ms per item
+    assert _wire.LEND.unpack(slow.ask())[0] == 1

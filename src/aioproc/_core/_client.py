@@ -26,6 +26,16 @@ A withdrawal over a connection (``OP_CANCEL``) crosses a grant already on its wa
 answers every cancel after any grant for the same request, and a grant that arrives for a
 withdrawn request is given back then.
 
+Queue gets from here take batches (OP_GET_MANY) into a :class:`Prefetch` buffer shared by
+this process's proxies of the queue; its gets take from the buffer and settle what they
+took (OP_SETTLE) when it runs dry, and give back the rest whenever a get gives up, a proxy
+goes or a task returns (:func:`flush_clients`)::
+
+    get() ─▶ Prefetch.take() ─ item ─────────────────────────────────────▶ return it
+                 │ empty                                   (dry: post SETTLE(done))
+                 ▼
+             _Fetch: GET_MANY(want, done) ── batch ─▶ buffer ─▶ take() again
+
 Writes. Posts (puts on an unbounded queue, set(), handle bookkeeping) are appended to the
 client's ``pending`` and written by a flusher thread, so a producer putting many small items
 pays one syscall per batch, not per item. A request that wants an answer writes ``pending``
@@ -36,10 +46,14 @@ Invariants:
   answer, or, once withdrawn, the answer to the cancel (a grant in between is given back).
 - ``Client.send_lock`` guards ``pending`` (held for an append); ``Client.io_lock`` orders
   writes on the socket (held for a write); ``Client.lock`` lets one thread read at a time.
+  A ``Prefetch.lock`` holder takes ``send_lock`` only (never ``io_lock``, never waits to
+  read): a reader fills buffers under their lock while another thread may hold ``io_lock``.
 
 Tunables:
 - ``_FLUSH_AT`` (256 KiB): pending posts past this size are written by the posting thread
   itself rather than the flusher: bounds the memory a fast producer queues.
+- ``_WINDOW`` (1 ms), ``_MAX_BATCH`` (256): the size of a consumer's batches (see
+  :class:`Prefetch`).
 """
 
 from __future__ import annotations
@@ -63,9 +77,12 @@ from ._wire import (
     OP_CANCEL,
     OP_CREATE,
     OP_DETACH,
+    OP_GET_MANY,
     OP_GETFD,
+    OP_PUT,
     OP_PUT_FRONT,
     OP_RELEASE,
+    OP_SETTLE,
     OP_TRANSIT,
     STATUS_CANCELLED,
     STATUS_DROPPED,
@@ -469,6 +486,204 @@ class _RemoteRequest(_Request):
         return True
 
 
+# --- a consumer's prefetch buffer ------------------------------------------------------------
+
+
+class _Fetch(_RemoteRequest):
+    """An OP_GET_MANY: its batch goes into the process's buffer of that queue as it arrives
+    (in the order the hub lent the batches), whichever caller then takes from it."""
+
+    __slots__ = ("prefetch",)
+
+    def __init__(self, prefetch: Prefetch, future: Future | None = None) -> None:
+        # The undo is never applied as such (give_back below): a non-None undo makes a
+        # grant that crosses our cancel come to give_back.
+        super().__init__(prefetch.client, prefetch.oid, OP_GET_MANY, b"", _LENT, future)
+        self.prefetch = prefetch
+
+    def start(self) -> None:
+        prefetch = self.prefetch
+        client = self.client
+        self.rid = rid = next(client.rids)
+        client.requests[rid] = self
+        try:
+            # Counted and queued under the buffer's lock, so that what this request settles
+            # ("done") reaches the hub in the order it was counted, before or after any
+            # other settlement of this buffer; written outside it (see Client.enqueue).
+            with prefetch.lock:
+                self.arg = prefetch.ask()
+                with client.send_lock:  # no flusher to wake: written just below
+                    _wire.encode_into(
+                        _wire.HubCall(rid, self.oid, OP_GET_MANY, self.arg), client.pending
+                    )
+            client.flush()
+        except BaseException:
+            client.requests.pop(rid, None)
+            raise
+
+    def finish(self, status: int, value: bytes, error: BaseException | None = None) -> None:
+        if status == STATUS_OK:
+            self.prefetch.fill(value)
+            value = b""
+        super().finish(status, value, error)
+
+    def give_back(self, value: bytes) -> None:
+        # A batch granted just before our cancel reached the hub: it is lent to us like
+        # any other; it goes back with the rest of the buffer.
+        self.prefetch.fill(value)
+        self.prefetch.give_back()
+
+    def abandon(self) -> None:
+        if not self.answered():
+            self.withdraw()
+        # A get that gives up leaves nothing in this process that others could take.
+        self.prefetch.give_back()
+
+
+_LENT = Undo(0, OP_SETTLE)
+
+
+class Prefetch:
+    """A process's buffer of the items a queue (hosted elsewhere) lent it, and the size of
+    its next batch.
+
+    Every proxy of the queue in this process shares it (one buffer per queue and
+    connection: the hub keeps what it lent per connection, in order, so the counts this
+    buffer settles always refer to the front of that). A get takes from the buffer; an
+    empty buffer asks the hub for a batch (OP_GET_MANY), which carries the count of items
+    handed out since the last settlement.
+
+    Batch size, so that no consumer sits on items another could take: the number of items
+    this process handed out in the last ``_WINDOW`` seconds, measured on the last batch
+    (from its arrival to the moment the buffer ran dry), at most double the last size and
+    at most ``_MAX_BATCH``; 1 to begin with. A consumer that takes 10 ms per item therefore
+    always asks for one, as a get without prefetch did.
+
+    Only for unbounded queues: on a bounded one, lent items would hold the room a waiting
+    producer needs until they are settled, one message later than a plain get frees it
+    (measured: a child consuming a bounded queue at 0.6x the speed of plain gets), so its
+    gets stay one request per item.
+
+    Settling: when the buffer runs dry its handed-out items are settled at once (a post,
+    which the next request's write usually carries), so a consumer that stops between
+    batches leaves nothing counted against the queue; a get that is cancelled or times
+    out, a proxy released and a process about to exit or to return a task's result give
+    the rest back (OP_SETTLE with ``back``).
+
+    Invariant: the hub's ``lent`` for this connection and queue is, in order, the
+    ``handed`` items (handed out, not yet settled), then ``buffer``, then the batches on
+    their way here; every count is taken and its message enqueued under ``lock``.
+
+    Tunables:
+    - ``_WINDOW`` (1 ms): the consumption a batch covers. Larger batches amortise the round
+      trip (~50-100 µs between processes) over more items, and hold more items out of the
+      other consumers' reach.
+    - ``_MAX_BATCH`` (256): the largest batch whatever the rate: bounds the items a fast
+      consumer holds and the size of a reply.
+    """
+
+    __slots__ = ("buffer", "client", "filled", "handed", "lock", "oid", "users", "want")
+
+    def __init__(self, client: Client, oid: int) -> None:
+        self.client = client
+        self.oid = oid
+        self.buffer: collections.deque[bytes] = collections.deque()
+        self.handed = 0  # items taken from the buffer since the last settlement
+        self.want = 1  # the size of the next batch
+        self.filled: tuple[float, int] | None = None  # the last batch: arrival, size
+        # Not reentrant: whoever holds it only appends to ``pending`` (see Invariants),
+        # never writes or reads the connection, so a reader filling the buffer is never
+        # the thread that holds it.
+        self.lock = threading.Lock()
+        self.users = 0  # proxies of this process that use it
+
+    def take(self) -> bytes | None:
+        """The next prefetched item, or None (the buffer is empty: fetch)."""
+        with self.lock:
+            buffer = self.buffer
+            if not buffer:
+                return None
+            item = buffer.popleft()
+            self.handed += 1
+            if not buffer:
+                self._settle(0)
+            return item
+
+    def _settle(self, back: int) -> None:
+        handed, self.handed = self.handed, 0
+        if (handed or back) and not self.client.lost:
+            msg = _wire.HubCall(0, self.oid, OP_SETTLE, _wire.LEND.pack(handed, back))
+            self.client.enqueue(msg)
+
+    def ask(self) -> bytes:
+        """The argument of the next OP_GET_MANY: the batch size, and what it settles."""
+        filled = self.filled
+        if filled is not None:
+            self.filled = None
+            since, size = filled
+            spent = time.monotonic() - since
+            rate_want = _MAX_BATCH if spent <= 0 else int(size * _WINDOW / spent)
+            self.want = max(1, min(2 * self.want, rate_want, _MAX_BATCH))
+        handed, self.handed = self.handed, 0
+        return _wire.LEND.pack(self.want, handed)
+
+    def fill(self, value: bytes) -> None:
+        """A batch arrived (in the reader's thread)."""
+        items = _wire.unpack_items(value)
+        with self.lock:
+            if self.users <= 0:
+                return  # released: the hub took back what it had lent to us
+            self.buffer.extend(items)
+            self.filled = (time.monotonic(), len(items))
+
+    def give_back(self) -> None:
+        """Settle what was handed out and return the rest, first in line, in order."""
+        with self.lock:
+            back = len(self.buffer)
+            self.buffer.clear()
+            self.filled = None
+            self._settle(back)
+
+    def release(self) -> None:
+        """One proxy of this process let go (before its handle's detach is posted)."""
+        self.give_back()
+        with self.lock:
+            self.users -= 1
+            if self.users <= 0:
+                with self.client.send_lock:
+                    if self.client.prefetches.get(self.oid) is self:
+                        del self.client.prefetches[self.oid]
+
+    async def get(self) -> bytes:
+        """The next item: from the buffer, or from a batch fetched now."""
+        client = self.client
+        while True:
+            item = self.take()
+            if item is not None:
+                return item
+            backend = client._attach()
+            await _Fetch(self, backend.create_future()).run()
+
+    def get_sync(self, timeout: float | None) -> bytes:
+        """The next item, blocking this thread (see :meth:`get`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        remaining = timeout
+        while True:
+            item = self.take()
+            if item is not None:
+                return item
+            try:
+                _Fetch(self).run_sync(remaining)
+            except TimeoutError:
+                raise TimeoutError(f"timed out after {timeout} s") from None
+            if deadline is not None:  # another thread may have taken the batch: again
+                remaining = max(0.0, deadline - time.monotonic())
+
+
+_WINDOW = 1e-3
+_MAX_BATCH = 256
+
+
 # --- the connection ------------------------------------------------------------------------
 
 
@@ -512,6 +727,7 @@ class Client:
         self.fd_queue: collections.deque[int] = collections.deque()  # fds received, in order
         self.lost = False
         self.drop_reason: str | None = None  # why the hub dropped us, if it said so
+        self.prefetches: dict[int, Prefetch] = {}  # queue oid -> this process's buffer
 
     # --- requests --------------------------------------------------------------------------
 
@@ -580,20 +796,31 @@ class Client:
         """Send an operation that needs no answer (a failure is raised by the next post)."""
         if self.post_errors or self.lost:
             self._raise_post_error(oid)
+        if self.enqueue(_wire.HubCall(0, oid, op, arg)):
+            self.flush()
+
+    def enqueue(self, msg: _wire.HubCall) -> bool:
+        """Add ``msg`` to the pending writes, for the flusher (or the next send) to write.
+
+        Never writes itself: a caller may hold a lock that a reader needs (a prefetch
+        buffer's). Whatever earlier posts to the same object said is not raised here.
+
+        Returns:
+            whether the pending writes grew past ``_FLUSH_AT`` (the caller may flush them).
+        """
         with self.send_lock:
-            _wire.encode_into(_wire.HubCall(0, oid, op, arg), self.pending)
+            _wire.encode_into(msg, self.pending)
             wake = self.idle
             self.idle = False
             large = len(self.pending) > _FLUSH_AT
-        if large:
-            self.flush()
-        elif wake:
+        if wake:
             if self.flusher is None:
                 self.flusher = threading.Thread(
                     target=self._flush_loop, name="aioproc-hub-flusher", daemon=True
                 )
                 self.flusher.start()
             self.wake.set()
+        return large
 
     def _raise_post_error(self, oid: int) -> None:
         if self.lost:
@@ -601,6 +828,21 @@ class Client:
         error = self.post_errors.pop(oid, None)
         if error is not None:
             raise error
+
+    def prefetch(self, oid: int) -> Prefetch:
+        """This process's buffer of queue ``oid``, for one more proxy (see Prefetch.release)."""
+        with self.send_lock:
+            prefetch = self.prefetches.get(oid)
+            if prefetch is None:
+                prefetch = self.prefetches[oid] = Prefetch(self, oid)
+            prefetch.users += 1
+            return prefetch
+
+    def give_back_prefetched(self) -> None:
+        """Give back every item prefetched and not handed out (before this process exits, or
+        a task's result leaves: the parent may look at the queue at once)."""
+        for prefetch in list(self.prefetches.values()):
+            prefetch.give_back()
 
     def flush(self) -> None:
         """Write every pending post now."""
@@ -813,6 +1055,19 @@ class Endpoint:
         """Take over the handle on ``oid`` handed over under ``token``."""
         self.post(oid, OP_ADOPT, token)
 
+    def post_item(self, oid: int, item: bytes) -> None:
+        """Put ``item`` on unbounded queue ``oid``, waiting for no answer.
+
+        In the hosting process, an item that nobody waits for is appended straight to the
+        queue (no request, no reply object); anything else is an ordinary post.
+        """
+        hub = self.hub
+        if hub is not None:
+            state = hub.objects.get(oid)
+            if type(state) is _objects.QueueState and state.try_post(item):
+                return
+        self.post(oid, OP_PUT, item)
+
     def take_ready(self, oid: int) -> bytes | None:
         """In the hosting process, the next item of queue ``oid`` if one is there already
         (no request at all); else None: make the request."""
@@ -888,6 +1143,7 @@ def known_address() -> tuple[str, bytes] | None:
 def flush_clients() -> None:
     """Write what this process posted and has not sent yet (before it exits)."""
     for client in list(_clients.values()):
+        client.give_back_prefetched()
         with contextlib.suppress(ClosedResourceError):  # that hub is gone: nothing to do
             client.flush()
 

@@ -25,7 +25,9 @@ request is withdrawn or undone when its caller gives up, is ``_client``.
   from its object, and the hub answers every ``OP_CANCEL`` after any grant for the same
   request, so the client always knows which of the two happened (and gives back a grant).
 - When a process's connection closes (it exited or died), its handles are dropped, its
-  waiters withdrawn, and locks it held are freed and marked "owner died".
+  waiters withdrawn, locks it held are freed and marked "owner died", and queue items lent
+  to it (prefetched, see ``_objects.QueueState``) go back to the front of their queues; the
+  same items go back when it lets go of its last handle on the queue.
 - A connection that breaks the protocol (a frame that does not decode, a length over
   ``MAX_FRAME``, a message only a hub sends) is dropped as if its process had died: the
   hub logs why on the ``aioproc`` logger and tells the process, whose calls then raise
@@ -271,6 +273,8 @@ class Hub:
             if conn.handles[oid] <= 0:
                 return
             conn.handles[oid] -= 1
+            if conn.handles[oid] == 0:
+                state.handles_gone(conn)  # what a queue lent to that process comes back
         state.handles -= 1
         if state.handles <= 0:
             for gone in state.release():

@@ -13,6 +13,9 @@ does I/O or knows about event loops.
 
 Invariants:
 - A queue with waiting getters holds no item; a queue with waiting putters is full.
+- A queue's ``n_lent`` is the number of items in its ``lent`` (per owner, in the order they
+  were lent); ``full()`` and ``size`` count them with the queued items. An item is queued,
+  lent to exactly one owner, or gone (handed to a get of the hosting process, settled).
 - A lock is held by at most one owner; ``owner_died`` is set only while the lock is free.
 - A cancelled waiter is removed before anything else happens to the object, so a value is
   never handed to a waiter that is gone (a value granted just before the cancellation is
@@ -38,6 +41,7 @@ from .._exceptions import (
 )
 from . import _codec
 from ._wire import (
+    LEND,
     OP_ABORT,
     OP_ACQUIRE,
     OP_BARRIER_WAIT,
@@ -45,6 +49,7 @@ from ._wire import (
     OP_CLOSE,
     OP_COND_WAIT,
     OP_GET,
+    OP_GET_MANY,
     OP_GET_NOWAIT,
     OP_METHOD,
     OP_NOTIFY,
@@ -54,9 +59,11 @@ from ._wire import (
     OP_RELEASE,
     OP_RESET,
     OP_SET,
+    OP_SETTLE,
     OP_STATS,
     OP_TRY_ACQUIRE,
     OP_WAIT,
+    pack_items,
 )
 
 if TYPE_CHECKING:
@@ -108,7 +115,10 @@ class State:
         """Forget a waiter that went away (cancelled, timed out, or its process died)."""
 
     def owner_gone(self, owner: object) -> None:
-        """Every handle of ``owner`` (a process) is gone."""
+        """``owner`` (a process) is gone: its connection was lost."""
+
+    def handles_gone(self, owner: object) -> None:
+        """``owner`` (a process) let go of its last handle on this object; it lives on."""
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -127,12 +137,53 @@ class State:
 
 def _remove(waiters: collections.deque[Any], waiter: Waiter) -> None:
     for index, item in enumerate(waiters):
-        if item is waiter or (isinstance(item, tuple) and item[0] is waiter):
+        if (
+            item is waiter
+            or (isinstance(item, tuple) and item[0] is waiter)
+            or (type(item) is _Lender and item.waiter is waiter)
+        ):
             del waiters[index]
             return
 
 
+class _Lender:
+    """A parked OP_GET_MANY: an item put meanwhile is lent to its process, as a batch of one."""
+
+    __slots__ = ("owner", "state", "waiter")
+
+    def __init__(self, waiter: Waiter, state: QueueState) -> None:
+        self.waiter = waiter
+        self.owner = waiter.owner
+        self.state = state
+
+    def resolve(self, value: bytes) -> bool:
+        if self.waiter.resolve(pack_items([value])):
+            self.state.lend(self.owner, [value])
+            return True
+        return False
+
+    def fail(self, exc: BaseException) -> None:
+        self.waiter.fail(exc)
+
+
 class QueueState(State):
+    """A FIFO queue, and the items it has lent to consumer processes.
+
+    A get from another process than the hosting one (OP_GET_MANY) takes a *batch* of items,
+    which the queue *lends* to that process (``lent[owner]``, in order) until the process
+    *settles* them (OP_SETTLE, or the ``done`` count of its next OP_GET_MANY): the first
+    ``done`` were handed out by its ``get()`` and are gone; ``back`` more come back to the
+    front of the queue, in order (a get cancelled or timed out, a handle closed). Whatever is
+    still lent to a process when its connection is lost (it died) or its last handle on the
+    queue goes also comes back to the front: an item is never lost, and one that a process
+    had handed out but not yet settled when it died is delivered again (at least once).
+
+    Counting: ``size`` (qsize) and the ``maxsize`` bound count the items queued *and* those
+    lent and not yet settled, so a bounded queue would keep its backpressure whoever
+    prefetched (aioproc's clients ask for batches from unbounded queues only: see
+    ``_client.Prefetch``).
+    """
+
     kind = "queue"
 
     def __init__(self, maxsize: int) -> None:
@@ -141,6 +192,8 @@ class QueueState(State):
         self.items: collections.deque[bytes] = collections.deque()
         self.getters: collections.deque[Waiter] = collections.deque()
         self.putters: collections.deque[tuple[Waiter, bytes]] = collections.deque()
+        self.lent: dict[object, collections.deque[bytes]] = {}  # owner -> its items, in order
+        self.n_lent = 0  # the sum of len(lent[owner])
         self.closed = False
 
     @classmethod
@@ -148,7 +201,7 @@ class QueueState(State):
         return [cls(params["maxsize"])]
 
     def full(self) -> bool:
-        return 0 < self.maxsize <= len(self.items)
+        return 0 < self.maxsize <= len(self.items) + self.n_lent
 
     def try_post(self, item: bytes) -> bool:
         """Append ``item`` if that is all a put would do (room, nobody waiting, open).
@@ -176,15 +229,34 @@ class QueueState(State):
         if op == OP_PUT or op == OP_PUT_NOWAIT:
             if self.closed:
                 waiter.fail(ClosedResourceError("the queue is closed"))
-            elif _give(self.getters, arg):
-                waiter.resolve(OK)
             elif not self.full():
-                self.items.append(arg)
+                if not _give(self.getters, arg):
+                    self.items.append(arg)
                 waiter.resolve(OK)
             elif op == OP_PUT_NOWAIT:
                 waiter.fail(QueueFull("the queue is full"))
             else:
                 self.putters.append((waiter, arg))
+        elif op == OP_GET_MANY:
+            want, done = LEND.unpack(arg)
+            owner = waiter.owner
+            if done:
+                self.settle(owner, done, 0)
+            if self.items:
+                items = self.items
+                batch = [items.popleft() for _ in range(min(max(want, 1), len(items)))]
+                if waiter.resolve(pack_items(batch)):
+                    self.lend(owner, batch)
+                else:
+                    items.extendleft(reversed(batch))
+            elif self.closed:
+                waiter.fail(EndOfStream())
+            else:
+                self.getters.append(_Lender(waiter, self))
+        elif op == OP_SETTLE:
+            done, back = LEND.unpack(arg)
+            self.settle(waiter.owner, done, back)
+            waiter.resolve(OK)
         elif op == OP_GET or op == OP_GET_NOWAIT:
             if self.items:
                 item = self.items.popleft()
@@ -216,11 +288,55 @@ class QueueState(State):
         else:
             self.unsupported(op, waiter)
 
+    def lend(self, owner: object, batch: list[bytes]) -> None:
+        """Record ``batch`` (taken off the queue) as lent to ``owner``, after the others."""
+        lent = self.lent.get(owner)
+        if lent is None:
+            lent = self.lent[owner] = collections.deque()
+        lent.extend(batch)
+        self.n_lent += len(batch)
+
+    def settle(self, owner: object, done: int, back: int) -> None:
+        """Of the items lent to ``owner``: the first ``done`` are gone, the next ``back``
+        return to the front of the queue in their order (counts past what is lent are
+        ignored: the owner cannot know of a return the hub made on its own, see
+        :meth:`handles_gone`)."""
+        lent = self.lent.get(owner)
+        if lent is None:
+            return
+        done = min(done, len(lent))
+        for _ in range(done):
+            lent.popleft()
+        back = min(back, len(lent))
+        if back:
+            self.items.extendleft(reversed([lent.popleft() for _ in range(back)]))
+        self.n_lent -= done + back
+        if not lent:
+            del self.lent[owner]
+        self.admit()
+
     def admit(self) -> None:
         while self.putters and not self.full():
             putter, item = self.putters.popleft()
             if putter.resolve(OK):
                 self.items.append(item)
+        # Items back from a consumer, or let in while a getter waited (the room was held by
+        # lent items): the getters come first.
+        while self.getters and self.items:
+            item = self.items.popleft()
+            if not _give(self.getters, item):
+                self.items.appendleft(item)
+
+    def owner_gone(self, owner: object) -> None:
+        """A process is gone: what was lent to it comes back, first in line and in order."""
+        self.handles_gone(owner)
+
+    def handles_gone(self, owner: object) -> None:
+        lent = self.lent.pop(owner, None)
+        if lent:
+            self.n_lent -= len(lent)
+            self.items.extendleft(reversed(lent))
+            self.admit()
 
     def cancel(self, waiter: Waiter) -> None:
         _remove(self.getters, waiter)
@@ -228,11 +344,12 @@ class QueueState(State):
 
     def stats(self) -> dict[str, Any]:
         return {
-            "size": len(self.items),
+            "size": len(self.items) + self.n_lent,
             "maxsize": self.maxsize,
             "waiting_getters": len(self.getters),
             "waiting_putters": len(self.putters),
             "closed": self.closed,
+            "prefetched": self.n_lent,
         }
 
 

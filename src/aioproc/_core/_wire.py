@@ -11,6 +11,7 @@ prefix can never make a reader allocate without bound.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgspec
@@ -32,6 +33,7 @@ __all__ = (
     "HubMessage",
     "HubReply",
     "FrameReader",
+    "LEND",
     "InitFailed",
     "Item",
     "Log",
@@ -47,6 +49,8 @@ __all__ = (
     "encode",
     "encode_into",
     "hub_decoder",
+    "pack_items",
+    "unpack_items",
 )
 
 #: Largest envelope accepted on a pipe. Bigger payloads are refused with SerializationError
@@ -190,6 +194,13 @@ OP_GET = 3  # queue, pipe end: take the next item (waits while empty)
 OP_GET_NOWAIT = 4
 OP_CLOSE = 5  # queue: no more puts; getters drain what is left
 OP_PUT_FRONT = 6  # queue, pipe end: give back an item granted to a get that was cancelled
+# queue, from another process than the hosting one: up to ``want`` items at once, *lent* to
+# that process until it settles them (arg: LEND.pack(want, done), ``done`` settling as
+# OP_SETTLE does first; the reply: pack_items(batch)). Parks like OP_GET while empty.
+OP_GET_MANY = 7
+# queue, a post: of the items lent to this process, the first ``done`` were handed out (they
+# are gone), the next ``back`` go back to the front of the queue (arg: LEND.pack(done, back))
+OP_SETTLE = 8
 OP_ACQUIRE = 10  # lock, semaphore
 OP_TRY_ACQUIRE = 11
 OP_RELEASE = 12
@@ -241,6 +252,31 @@ class HubReply(_Msg, tag=33):
 
 
 HubMessage = HubCall | HubReply
+
+#: The argument of OP_GET_MANY (want, done) and OP_SETTLE (done, back): two counts.
+LEND = struct.Struct("<II")
+
+_items_encoder = msgspec.msgpack.Encoder()
+_items_decoder: msgspec.msgpack.Decoder[list[bytes]] = msgspec.msgpack.Decoder(list[bytes])
+
+
+def pack_items(items: list[bytes]) -> bytes:
+    """A batch of queue items as one reply value (OP_GET_MANY)."""
+    return _items_encoder.encode(items)
+
+
+def unpack_items(value: bytes) -> list[bytes]:
+    """The items of a batch packed by :func:`pack_items`.
+
+    Raises:
+        SerializationError: ``value`` is not such a batch.
+    """
+    try:
+        return _items_decoder.decode(value)
+    except msgspec.DecodeError as exc:
+        raise SerializationError(f"malformed batch of items: {exc}") from exc
+
+
 hub_decoder: msgspec.msgpack.Decoder[HubMessage] = msgspec.msgpack.Decoder(HubMessage)
 
 Message = (
