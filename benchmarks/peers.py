@@ -156,6 +156,7 @@ def _run_impl(impl: str, figures: list[str], sizes: Sizes, env: dict[str, str]) 
 
 
 def _notes(reports: dict[str, dict[str, Any]], figures: list[str]) -> list[str]:
+    from . import _curves
     from ._figures import FIGURES
     from ._impls import IMPLS, SUBJECT
     from ._report import format_value
@@ -184,6 +185,7 @@ def _notes(reports: dict[str, dict[str, Any]], figures: list[str]) -> list[str]:
         ]
         if parts:
             lines.append("idle split: " + "; ".join(parts))
+    lines.extend(_curves.notes(reports, figures))
     if any(f.startswith("startup") for f in figures):
         lines.append(f"startup rows: {FIGURES['startup'].about}")
     return lines
