@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import gc
 import multiprocessing
@@ -149,6 +150,14 @@ def _status_kib(field: str) -> int:
     raise LookupError(f"{field} not in /proc/self/status")
 
 
+def _malloc_trim() -> None:
+    """Return free heap memory to the kernel (glibc's `malloc_trim`; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class PeakRss:
     """This process's peak resident set over a `with` block, and its growth over the start.
 
@@ -172,6 +181,10 @@ class PeakRss:
         return max(0, self.peak_bytes - self.start_bytes)
 
     def __enter__(self) -> PeakRss:
+        # Memory freed earlier but still resident would be reused inside the window and hide
+        # growth: collect it and hand what malloc keeps back to the kernel first.
+        gc.collect()
+        _malloc_trim()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -310,7 +323,7 @@ def _memcpy_s(data: bytes) -> float:
     # Enough copies per timing to rise well above the clock's resolution.
     reps = max(1, min(10_000, (4 * MiB) // max(1, len(data))))
     best = float("inf")
-    for _ in range(3 if len(data) >= 256 * MiB else 5):
+    for _ in range(3 if len(data) >= 256 * MiB else 7):
         t0 = time.perf_counter()
         for _ in range(reps):
             view[:] = data
@@ -416,8 +429,6 @@ async def gather_curve(impl: Impl, sizes: Sizes) -> Result:
                 if not budget.allows(predicted):
                     beyond = last["tasks"]
                     break
-            floor = await _gather_floor(n)
-            gc.collect()
             try:
                 with PeakRss() as rss:
                     t0 = time.perf_counter()
@@ -432,6 +443,9 @@ async def gather_curve(impl: Impl, sizes: Sizes) -> Result:
             if got != list(range(0, 2 * n, 2)):
                 raise AssertionError(f"results of {n} gathered calls differ from the expected")
             del got
+            # After the measured gather, not before: memory the floor's gather freed would
+            # otherwise be reused by the calls and hide their RSS.
+            floor = await _gather_floor(n)
             points.append(
                 {
                     "tasks": n,
@@ -540,7 +554,6 @@ async def stream_curve(impl: Impl, sizes: Sizes) -> Result:
             if points and not budget.allows(n / points[-1]["items_per_s"]):
                 beyond = points[-1]["items"]
                 break
-            gc.collect()
             with PeakRss() as rss:
                 t0 = time.perf_counter()
                 total = await drain(n)
