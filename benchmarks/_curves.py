@@ -60,6 +60,10 @@ _tasks.ASYNC_TWINS[_curve_tasks.echo] = _curve_tasks.aecho
 _PREDICTION_MARGIN = 1.5
 """A point is started only if this many times its predicted duration fits in the budget."""
 
+_BURN_1MS = 20_000
+"""`_tasks.burn(20_000)` takes about 1 ms on the 2-vCPU EPYC VM of the committed results;
+fixed rather than calibrated per run, so that every implementation gets the same tasks."""
+
 _STREAM_CHUNKSIZE = 1_000
 """The chunk size passed to the peers' streaming maps (aioproc's `imap` adapts its own)."""
 
@@ -77,7 +81,8 @@ class Plan:
     worker_counts: tuple[int, ...]
     worker_tasks: int
     worker_runs: int
-    worker_task_s: float
+    worker_burn: int
+    """The `burn` argument of every task: the same work for every implementation."""
     payload_sizes: tuple[int, ...]
     payload_ref: int
     payload_point_s: float
@@ -98,7 +103,7 @@ class Plan:
                 worker_counts=workers,
                 worker_tasks=120,
                 worker_runs=2,
-                worker_task_s=0.001,
+                worker_burn=_BURN_1MS,
                 payload_sizes=tuple(KiB * 4**k for k in range(9)),  # 1 KiB … 64 MiB
                 payload_ref=64 * MiB,
                 payload_point_s=0.05,
@@ -109,11 +114,11 @@ class Plan:
                 stream_ref_items=20_000,
             )
         return cls(
-            budget_s=min(80.0, ceiling),
+            budget_s=ceiling,
             worker_counts=workers,
             worker_tasks=1_000,
             worker_runs=3,
-            worker_task_s=0.001,
+            worker_burn=_BURN_1MS,
             payload_sizes=tuple(KiB * 4**k for k in range(11)),  # 1 KiB … 1 GiB
             payload_ref=64 * MiB,
             payload_point_s=0.3,
@@ -240,13 +245,6 @@ def _timed(fn: Callable[[int], Any], arg: int) -> float:
     return time.perf_counter() - t0
 
 
-def _calibrate_burn(target_s: float) -> int:
-    """The `burn` argument that takes about `target_s` in this process."""
-    probe = 20_000
-    best = min(_timed(_tasks.burn, probe) for _ in range(5))
-    return max(100, int(probe * target_s / best))
-
-
 def _at(points: list[dict[str, Any]], x: str, where: int) -> dict[str, Any]:
     """The point at `x == where`, else the last one below it (the curve stopped early)."""
     below = [p for p in points if p[x] <= where]
@@ -264,7 +262,7 @@ async def workers_curve(impl: Impl, sizes: Sizes) -> Result:
     """
     plan = Plan.of(sizes)
     budget = _Budget(plan.budget_s)
-    n = _calibrate_burn(plan.worker_task_s)
+    n = plan.worker_burn
     expected = _tasks.burn(n)
     one_task = min(_timed(_tasks.burn, n) for _ in range(20))
     k = plan.worker_tasks
@@ -305,6 +303,7 @@ async def workers_curve(impl: Impl, sizes: Sizes) -> Result:
         "points": points,
         "cores": cores,
         "tasks": k,
+        "burn": n,
         "task_ms": 1e3 * one_task,
         "sequential_tasks_per_s": 1 / one_task,
         "not_measured_beyond": beyond,

@@ -148,14 +148,19 @@ def _results(document: dict[str, Any], figure: str) -> dict[str, dict[str, Any]]
 
 
 def machine_line(document: dict[str, Any]) -> str:
-    """E.g. "2 CPUs (AMD EPYC), CPython 3.11.7, 2 workers, full sizes"."""
+    """E.g. "2 CPUs (AMD EPYC), CPython 3.11.7, 2 workers, full sizes; load average 0.4 at
+    the start"."""
     host = document.get("machine", {})
     settings = document.get("settings", {})
     cpus = host.get("cpu_count") or "?"
     model = host.get("cpu_model") or "unknown CPU"
     python = f"{host.get('implementation', 'Python')} {host.get('python', '?')}"
     sizes = "quick sizes" if settings.get("quick") else "full sizes"
-    return f"{cpus} CPUs ({model}), {python}, {settings.get('workers', '?')} workers, {sizes}"
+    line = f"{cpus} CPUs ({model}), {python}, {settings.get('workers', '?')} workers, {sizes}"
+    if load := host.get("load_average"):
+        # A shared machine's other work shows in every figure: say how busy it was.
+        line += f"; load average {load[0]:.1f} at the start"
+    return line
 
 
 def _slug(name: str) -> str:
