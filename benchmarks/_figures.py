@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _ipc, _tasks
+from . import _curves, _ipc, _tasks
 from ._impls import IMPLS, START_METHODS, Impl, PoolOps
 from ._proc import CpuSnapshot
 
@@ -719,6 +719,17 @@ FIGURES: dict[str, Figure] = {
                 mp_ipc=_ipc.event_mp,
                 aioprocessing=_ipc.event_aioprocessing,
             ),
+        ),
+        # How cost grows with the work: measured in `_curves`, every point in the detail.
+        *(
+            Figure(
+                name=curve.name,
+                unit=curve.unit,
+                better=curve.better,
+                about=curve.about,
+                runners=_ipc_runners(**curve.measures),
+            )
+            for curve in _curves.CURVES
         ),
     )
 }

@@ -156,6 +156,7 @@ def _run_impl(impl: str, figures: list[str], sizes: Sizes, env: dict[str, str]) 
 
 
 def _notes(reports: dict[str, dict[str, Any]], figures: list[str]) -> list[str]:
+    from . import _curves
     from ._figures import FIGURES
     from ._impls import IMPLS, SUBJECT
     from ._report import format_value
@@ -199,6 +200,7 @@ def _notes(reports: dict[str, dict[str, Any]], figures: list[str]) -> list[str]:
             + ", ".join(ways)
             + f" of it; a call moving nothing takes {1e6 * d['tiny_call_s']:.0f} µs"
         )
+    lines.extend(_curves.notes(reports, figures))
     if any(f.startswith("startup") for f in figures):
         lines.append(f"startup rows: {FIGURES['startup'].about}")
     return lines
