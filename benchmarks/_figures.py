@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _curves, _ipc, _tasks
+from . import _curves, _ipc, _memory, _tasks
 from ._impls import IMPLS, START_METHODS, Impl, PoolOps
 from ._proc import CpuSnapshot
 
@@ -549,15 +549,18 @@ _PAYLOAD_ROWS: tuple[tuple[str, PayloadSize, bool, str], ...] = (
 """The payload rows: name, size, results (else arguments), what is measured."""
 
 
-def _startup_runners(method: str) -> dict[str, Runner]:
+def _method_runners(
+    fn: Callable[[Impl, str | None, Sizes], Awaitable[Measurement]], method: str
+) -> dict[str, Runner]:
+    """Runners of `fn(impl, start_method, sizes)` for every pool that can use `method`."""
     runners: dict[str, Runner] = {}
     for impl in IMPLS.values():
         if impl.open_pool is None:
             continue
         if method in impl.start_methods:
-            runners[impl.name] = functools.partial(startup, impl, method)
+            runners[impl.name] = functools.partial(fn, impl, method)
         elif impl.default_start == method:  # e.g. anyio: fresh interpreters, i.e. spawn
-            runners[impl.name] = functools.partial(startup, impl, None)
+            runners[impl.name] = functools.partial(fn, impl, None)
     return runners
 
 
@@ -575,6 +578,10 @@ def _ipc_runners(**measures: Callable[[Sizes], Awaitable[_ipc.Result]]) -> dict[
 
 def _startup_samples(sizes: Sizes) -> int:
     return sizes.startup_samples
+
+
+def _memory_samples(sizes: Sizes) -> int:
+    return 1 if sizes.quick else 3
 
 
 FIGURES: dict[str, Figure] = {
@@ -624,8 +631,30 @@ FIGURES: dict[str, Figure] = {
                 unit="ms",
                 better="lower",
                 about=f"pool creation to first result with start method {method!r}",
-                runners=_startup_runners(method),
+                runners=_method_runners(startup, method),
                 samples=_startup_samples,
+                fresh_process=True,
+            )
+            for method in START_METHODS
+        ),
+        Figure(
+            name="memory",
+            unit="MiB",
+            better="lower",
+            about="PSS of the whole process tree (this process + all descendants), pool open"
+            " after some tasks, default start method, fresh interpreter each",
+            runners=_for_pools(_memory.memory, None),
+            samples=_memory_samples,
+            fresh_process=True,
+        ),
+        *(
+            Figure(
+                name=f"memory.{method}",
+                unit="MiB",
+                better="lower",
+                about=f"PSS of the whole process tree with start method {method!r}",
+                runners=_method_runners(_memory.memory, method),
+                samples=_memory_samples,
                 fresh_process=True,
             )
             for method in START_METHODS

@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         type=_csv,
         metavar="FIGURE[,FIGURE]",
-        help=f"figures to run, from {', '.join(choices)} (startup also selects startup.*);"
-        " default all",
+        help=f"figures to run, from {', '.join(choices)} (startup and memory also select their"
+        " rows per start method, startup.fork ...); default all",
     )
     parser.add_argument(
         "--impl",

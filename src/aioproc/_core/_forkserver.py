@@ -9,26 +9,48 @@ every fork begins warm, then serves requests on an anonymous socketpair::
 
 When the parent goes away (EOF on the socket) it kills every worker it forked, process group
 and all, and exits: nothing outlives the parent.
+
+Invariants:
+- Workers share the server's memory until one side writes to it, so the server stays
+  lean: before its first fork it imports only what every worker runs (``_worker`` and the
+  modules under it). What only some workers need (asyncio for coroutine tasks, cloudpickle
+  for functions sent by value, the IPC proxies) they import themselves when they need it.
+- The server imports those ahead (``_WARM_MODULES``) only once it has been asked for a
+  worker after the first burst of requests (a replacement, a second pool), as soon as it
+  is idle again: a program that holds one pool keeps the lean server, one that forks again
+  gets warm forks from then on. (Whatever the server imports after a fork, it writes to
+  pages it shared with that fork's worker, which both then pay for.) The warm-up never
+  delays a fork the parent waits for.
+- Everything the server holds is frozen (``gc.freeze``) before each fork: a worker's cycle
+  collector never walks, and so never writes to, the objects it inherited.
+
+Tunables:
+- ``_BURST_GAP``: requests closer than this to the fork before belong to one burst (a
+  pool starts its workers back to back); a request after a longer gap starts a new one.
+- ``_WARM_AFTER``: how long the server must be idle before it warms up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import selectors
 import signal
 import socket
 import sys
+import time
 from typing import NoReturn
 
 from . import _worker  # what every fork runs, imported once here (the hub with it)
 
-# Modules that most workers import sooner or later (asyncio for coroutine tasks and for the
-# user's own modules, the IPC proxies for objects passed as arguments). Imported once the
-# first requests have been served, while the server is idle: the first pool does not wait
-# for them, and every later fork (a replacement worker, a second pool) starts with them.
+# Modules that many workers import sooner or later (asyncio for coroutine tasks and for the
+# user's own modules, cloudpickle for functions from a script's __main__, the IPC proxies
+# for objects passed as arguments). Imported once a second burst of requests has been
+# served (see the Invariants): from then on, forks start with them.
 _WARM_MODULES = (
+    "cloudpickle",
     "asyncio",
     "uvloop",
     "aioproc._core._worker_async",
@@ -38,7 +60,8 @@ _WARM_MODULES = (
     "aioproc._shared",
     "aioproc._manager",
 )
-_WARM_AFTER = 0.01  # seconds without a request
+_BURST_GAP = 0.25  # seconds; see Tunables
+_WARM_AFTER = 0.01  # seconds without a request before warming up
 
 
 def _warm_up() -> None:
@@ -49,10 +72,6 @@ def _warm_up() -> None:
 
 def main() -> NoReturn:
     sock = socket.socket(fileno=int(sys.argv[1]))
-    # Warm the forks: the worker's modules are imported with this one, and cloudpickle here
-    # (functions from a script's __main__ arrive by value and need it to load).
-    import cloudpickle  # noqa: F401
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -80,10 +99,12 @@ def main() -> NoReturn:
                 os.close(status_w)
 
     warm = False
+    warm_when_idle = False
+    last_fork = 0.0  # time.monotonic() of the last fork, 0 before the first
     while True:
-        events = selector.select(None if warm else _WARM_AFTER)
-        if not events and not warm:
-            warm = True
+        events = selector.select(_WARM_AFTER if warm_when_idle else None)
+        if not events and warm_when_idle:
+            warm, warm_when_idle = True, False
             _warm_up()
             continue
         for key, _ in events:
@@ -104,6 +125,11 @@ def main() -> NoReturn:
                         os.close(fd)
                     continue
                 task_r, result_w, status_w = fds
+                now = time.monotonic()
+                if not warm and last_fork and now - last_fork > _BURST_GAP:
+                    warm_when_idle = True  # a later burst: see the Invariants
+                last_fork = now
+                gc.freeze()  # see the Invariants; cheap: moves the collector's lists
                 try:
                     pid = os.fork()
                 except OSError as exc:

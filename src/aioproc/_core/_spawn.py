@@ -10,7 +10,8 @@ its result pipe. The parent keeps the other two. Nothing else is inherited on pu
 - ``spawn``: a fresh ``python -c`` per worker; slowest to start, shares nothing.
 - ``fork``: ``os.fork()`` of the parent; fast, inherits the parent's memory (and its
   hazards: locks held by other threads). The child closes every aioproc fd but its own two,
-  so a sibling's pipes never keep a dead parent looking alive.
+  so a sibling's pipes never keep a dead parent looking alive, and freezes what it
+  inherited (``gc.freeze``), so that its cycle collector never unshares those pages.
 
 Unlike ``multiprocessing``, no start method re-imports the parent's ``__main__``: functions
 and classes from ``__main__`` are sent by value, so scripts need no ``if __name__`` guard.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -232,6 +234,9 @@ def _fork(task_r: int, result_w: int) -> ProcessHandle:
         pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
+            # The parent's objects are shared with it until written to: the worker's cycle
+            # collector leaves them alone (the parent's own collector is not touched).
+            gc.freeze()
             _fds.close_parent_fds(keep=(task_r, result_w))
             _worker.run(task_r, result_w)
         finally:

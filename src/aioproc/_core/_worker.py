@@ -30,6 +30,7 @@ instead of :meth:`Worker.serve`. Its tunables are there.
 
 from __future__ import annotations
 
+import _thread
 import io
 import logging
 import os
@@ -37,7 +38,6 @@ import pickle
 import select
 import signal
 import sys
-import threading
 import traceback
 from inspect import iscoroutine
 from typing import Any, NoReturn
@@ -250,7 +250,9 @@ def run(task_fd: int, result_fd: int) -> NoReturn:
     os.set_blocking(task_fd, True)
     os.set_blocking(result_fd, True)
     worker = Worker(task_fd, result_fd)
-    threading.Thread(target=_watch_parent, args=(task_fd,), daemon=True).start()
+    # A bare thread: threading.Thread.start() would wait until the thread runs, a hand-over
+    # of the GIL (and, on a busy machine, of a CPU) before the worker may read its Config.
+    _thread.start_new_thread(_watch_parent, (task_fd,))
     try:
         while not worker.inbox:
             if not worker.read():
