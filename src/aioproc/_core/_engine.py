@@ -170,15 +170,7 @@ class Engine:
             await backend.checkpoint()  # a cancelled caller never reaches a worker
         job = self._job(fn, args, kwargs, MODE_CALL)
         self.dispatcher.submit(job)
-        # self.wait(job), inlined: one coroutine less per call.
-        if job.state <= SENT:
-            future = job.future = backend.create_future()
-            try:
-                await future
-            except BaseException:
-                self.dispatcher.cancel(job)
-                raise
-        return job.outcome()
+        return await self.wait(job)
 
     def _job(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mode: int
