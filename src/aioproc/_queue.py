@@ -229,9 +229,7 @@ class QueueSync(Generic[T]):
         q = self._queue
         prefetch = q._prefetch
         if prefetch is not None:
-            item = prefetch.take()
-            blob = item if item is not None else prefetch.get_sync(timeout)
-            return q._codec.decode(blob)  # type: ignore[no-any-return]
+            return q._codec.decode(prefetch.get_sync(timeout))  # type: ignore[no-any-return]
         blob = q._endpoint.call_sync(
             q._oid, _wire.OP_GET, b"", timeout, undo=_client.Undo.put_back(q._oid)
         )

@@ -1062,11 +1062,8 @@ class Endpoint:
         queue (no request, no reply object); anything else is an ordinary post.
         """
         hub = self.hub
-        if hub is not None:
-            state = hub.objects.get(oid)
-            if type(state) is _objects.QueueState and state.try_post(item):
-                return
-        self.post(oid, OP_PUT, item)
+        if hub is None or not hub.try_post(oid, item):
+            self.post(oid, OP_PUT, item)
 
     def take_ready(self, oid: int) -> bytes | None:
         """In the hosting process, the next item of queue ``oid`` if one is there already

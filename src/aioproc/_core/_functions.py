@@ -65,17 +65,16 @@ class FunctionTable:
         """
         # Module-level functions are cached by identity; anything else is pickled each
         # time, and the blob table still spares the workers a second Define.
-        if type(fn) is types.FunctionType:
-            # The hot path: a function seen before. Only cacheable ones are in the table,
-            # so a hit needs no cacheable() test.
-            fn_id = self._by_obj.get(fn)
-            if fn_id is not None:
-                return fn_id
-        is_cacheable = cacheable(fn)
+        # Only cacheable ones are in the table, so a plain function is looked up before it
+        # is tested: the hot path, a function seen before, needs no cacheable() test.
+        plain = type(fn) is types.FunctionType
+        is_cacheable = plain or cacheable(fn)
         if is_cacheable:
             fn_id = self._by_obj.get(fn)
             if fn_id is not None:
                 return fn_id
+            if plain:
+                is_cacheable = cacheable(fn)
         blob = _codec.dumps_function(fn)
         fn_id = self._by_blob.get(blob)
         if fn_id is None:

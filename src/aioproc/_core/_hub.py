@@ -220,6 +220,12 @@ class Hub:
 
     # --- objects and handles ---------------------------------------------------------------
 
+    def try_post(self, oid: int, item: bytes) -> bool:
+        """Append ``item`` to queue ``oid`` if that is all a put would do (see
+        ``QueueState.try_post``): the fast path of the bulk of queue traffic, posts."""
+        state = self.objects.get(oid)
+        return type(state) is _objects.QueueState and state.try_post(item)
+
     def get(self, oid: int) -> _objects.State:
         """The state of object ``oid``.
 
@@ -407,19 +413,14 @@ class Hub:
         if not data:
             self._lost(conn)
             return
-        objects = self.objects
-        queue_state = _objects.QueueState
+        try_post = self.try_post
         hub_call = _wire.HubCall
         try:
             for msg in conn.reader.feed(data):
                 if type(msg) is not hub_call:
                     raise SerializationError(f"a {type(msg).__name__} message sent to the hub")
-                if msg.rid == 0 and msg.op == OP_PUT:
-                    # Fast path for the bulk of queue traffic: a post to a queue with room
-                    # and nobody waiting is an append.
-                    state = objects.get(msg.oid)
-                    if type(state) is queue_state and state.try_post(msg.arg):
-                        continue
+                if msg.rid == 0 and msg.op == OP_PUT and try_post(msg.oid, msg.arg):
+                    continue  # a post to a queue with room and nobody waiting: appended
                 self._dispatch(conn, msg)
         # Broad on purpose: framing lost, or a message no hub accepts or can answer (or a
         # bug here, logged with its traceback): that peer loses its connection; nothing

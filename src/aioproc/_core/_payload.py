@@ -256,10 +256,8 @@ class Loan:
         self.bytes_ids: list[int] = []
 
 
-def end_loan(loan: Loan | None) -> None:
+def end_loan(loan: Loan) -> None:
     """The call is over (its results are pickled): its buffers are no longer lent."""
-    if loan is None:
-        return
     for start in loan.map_starts:
         _lent_maps.pop(start, None)
     for ident in loan.bytes_ids:
@@ -591,7 +589,7 @@ def map_shared(fd: int, size: int, offset: int, *, readonly: bool = False) -> me
     nothing else can be there). That object then owns the mapping: it is unmapped once
     the last view of it is gone, and a mapping alone keeps the block's memory alive.
     """
-    _ctypes_setup()
+    ctypes = _ctypes_setup()
     prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
     # Private and not reserved: no memory is committed for what is replaced right away.
     # Its protection decides whether its views are read-only (PROT_READ: ACCESS_READ).
@@ -601,8 +599,6 @@ def map_shared(fd: int, size: int, offset: int, *, readonly: bool = False) -> me
     address = buffer_address(reserved)
     mapped = _libc_mmap(address, size, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, offset)
     if mapped != address:
-        import ctypes  # loaded already by _ctypes_setup
-
         errno = ctypes.get_errno()
         # A failed MAP_FIXED may have unmapped the range already, and another thread may
         # map something there: unmapping it now could destroy that. The reservation is
