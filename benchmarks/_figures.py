@@ -584,6 +584,42 @@ def _memory_samples(sizes: Sizes) -> int:
     return 1 if sizes.quick else 3
 
 
+def _by_start_method(
+    name: str,
+    unit: str,
+    about: str,
+    about_method: str,
+    measure: Callable[[Impl, str | None, Sizes], Awaitable[Measurement]],
+    samples: Callable[[Sizes], int],
+) -> tuple[Figure, ...]:
+    """`name` with each implementation's default start method, then `name.METHOD` for each
+    start method (`about_method` says what with `{method}`), each sample in a fresh
+    interpreter."""
+    return (
+        Figure(
+            name=name,
+            unit=unit,
+            better="lower",
+            about=about,
+            runners=_for_pools(measure, None),
+            samples=samples,
+            fresh_process=True,
+        ),
+        *(
+            Figure(
+                name=f"{name}.{method}",
+                unit=unit,
+                better="lower",
+                about=about_method.format(method=repr(method)),
+                runners=_method_runners(measure, method),
+                samples=samples,
+                fresh_process=True,
+            )
+            for method in START_METHODS
+        ),
+    )
+
+
 FIGURES: dict[str, Figure] = {
     figure.name: figure
     for figure in (
@@ -616,48 +652,22 @@ FIGURES: dict[str, Figure] = {
             about="`map` over tiny items, default chunking",
             runners=_for_pools(map_),
         ),
-        Figure(
-            name="startup",
-            unit="ms",
-            better="lower",
-            about="pool creation to first result, default start method, fresh interpreter each",
-            runners=_for_pools(startup, None),
-            samples=_startup_samples,
-            fresh_process=True,
+        *_by_start_method(
+            "startup",
+            "ms",
+            "pool creation to first result, default start method, fresh interpreter each",
+            "pool creation to first result with start method {method}",
+            startup,
+            _startup_samples,
         ),
-        *(
-            Figure(
-                name=f"startup.{method}",
-                unit="ms",
-                better="lower",
-                about=f"pool creation to first result with start method {method!r}",
-                runners=_method_runners(startup, method),
-                samples=_startup_samples,
-                fresh_process=True,
-            )
-            for method in START_METHODS
-        ),
-        Figure(
-            name="memory",
-            unit="MiB",
-            better="lower",
-            about="PSS of the whole process tree (this process + all descendants), pool open"
+        *_by_start_method(
+            "memory",
+            "MiB",
+            "PSS of the whole process tree (this process + all descendants), pool open"
             " after some tasks, default start method, fresh interpreter each",
-            runners=_for_pools(_memory.memory, None),
-            samples=_memory_samples,
-            fresh_process=True,
-        ),
-        *(
-            Figure(
-                name=f"memory.{method}",
-                unit="MiB",
-                better="lower",
-                about=f"PSS of the whole process tree with start method {method!r}",
-                runners=_method_runners(_memory.memory, method),
-                samples=_memory_samples,
-                fresh_process=True,
-            )
-            for method in START_METHODS
+            "PSS of the whole process tree with start method {method}",
+            _memory.memory,
+            _memory_samples,
         ),
         Figure(
             name="idle",

@@ -233,13 +233,22 @@ def _format_x(ax: Axes, chart: CurveChart, x: str, xs: list[float]) -> None:
     ax.set_xlabel(chart.x_label)
 
 
-def _lines(
+def _panels(
     document: dict[str, Any], name: str, chart: CurveChart, results: dict[str, dict[str, Any]]
-) -> Figure:
+) -> tuple[Figure, Any, str, list[Any]]:
+    """A curve's figure with one axes per panel, the key of its x values, and every x
+    value any implementation measured, in order."""
     fig = _new_figure(document, name, len(chart.panels))
     axes = fig.subplots(1, len(chart.panels), squeeze=False)[0]
     x = next(iter(results.values()))["detail"]["x"]
     all_x = sorted({p[x] for r in results.values() for p in _points(r)})
+    return fig, axes, x, all_x
+
+
+def _lines(
+    document: dict[str, Any], name: str, chart: CurveChart, results: dict[str, dict[str, Any]]
+) -> Figure:
+    fig, axes, x, all_x = _panels(document, name, chart, results)
     subject = results.get(SUBJECT)
     for ax, panel in zip(axes, chart.panels, strict=True):
         for impl, result in results.items():
@@ -294,10 +303,7 @@ def _lines(
 def _grouped(
     document: dict[str, Any], name: str, chart: CurveChart, results: dict[str, dict[str, Any]]
 ) -> Figure:
-    fig = _new_figure(document, name, len(chart.panels))
-    axes = fig.subplots(1, len(chart.panels), squeeze=False)[0]
-    x = next(iter(results.values()))["detail"]["x"]
-    all_x = sorted({p[x] for r in results.values() for p in _points(r)})
+    fig, axes, x, all_x = _panels(document, name, chart, results)
     impls = list(results)
     width = 0.8 / max(1, len(impls))
     for ax, panel in zip(axes, chart.panels, strict=True):
